@@ -1,0 +1,227 @@
+package server
+
+import (
+	"bytes"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+// handshake routes a complete HTTP request head read by the reactor: /ws is
+// upgraded in place by gobwas/ws (no net/http, no per-connection buffers);
+// anything else is handed to net/http. rest holds bytes that followed the
+// head (a frame pipelined with the handshake). It reports whether c is now a
+// WebSocket connection.
+func (s *Server) handshake(c *Conn, head, rest []byte) bool {
+	if !isWebSocketPath(head) {
+		s.handoff(c, head, rest)
+		return false
+	}
+	up := upgraders.Get().(*upgrader)
+	defer upgraders.Put(up)
+	up.reset(s, head)
+	_, err := up.u.Upgrade(up)
+	c.writeRaw(up.out)
+	if err != nil {
+		s.metrics.handshakeRejects.Inc()
+		c.teardown()
+		return false
+	}
+	c.upgraded = true
+	s.metrics.upgrades.Inc()
+	c.deadline.Store(time.Now().Add(s.cfg.JoinTimeout).UnixNano())
+	c.phase.Store(uint32(phaseJoining))
+	s.log.Debug("upgrade", "fd", c.fd)
+	return true
+}
+
+// isWebSocketPath reports whether the request line targets /ws (any method:
+// gobwas answers a wrong method or a plain GET with the right 4xx).
+func isWebSocketPath(head []byte) bool {
+	sp := bytes.IndexByte(head, ' ')
+	if sp < 0 {
+		return false
+	}
+	uri := head[sp+1:]
+	if end := bytes.IndexAny(uri, " \r"); end >= 0 {
+		uri = uri[:end]
+	}
+	if q := bytes.IndexByte(uri, '?'); q >= 0 {
+		uri = uri[:q]
+	}
+	return string(uri) == "/ws"
+}
+
+// upgrader carries one upgrade through gobwas's callbacks. Pooled, so an
+// upgrade allocates nothing once warm.
+type upgrader struct {
+	u      ws.Upgrader
+	s      *Server
+	r      bytes.Reader
+	out    []byte
+	host   []byte
+	origin []byte
+	hasOrg bool
+}
+
+var upgraders = sync.Pool{New: func() any {
+	up := &upgrader{}
+	up.u = ws.Upgrader{
+		ReadBufferSize:  maxHandshake + 512,
+		WriteBufferSize: 512,
+		OnHost: func(host []byte) error {
+			up.host = append(up.host[:0], host...)
+			return nil
+		},
+		OnHeader: func(key, value []byte) error {
+			if bytes.EqualFold(key, []byte("Origin")) {
+				up.origin = append(up.origin[:0], value...)
+				up.hasOrg = true
+			}
+			return nil
+		},
+		OnBeforeUpgrade: func() (ws.HandshakeHeader, error) { return nil, up.admit() },
+		// No Negotiate: permessage-deflate and every other extension is
+		// declined by leaving Sec-WebSocket-Extensions out of the response.
+	}
+	return up
+}}
+
+func (up *upgrader) reset(s *Server, head []byte) {
+	up.s = s
+	up.r.Reset(head)
+	up.out = up.out[:0]
+	up.host = up.host[:0]
+	up.origin = up.origin[:0]
+	up.hasOrg = false
+}
+
+func (up *upgrader) Read(p []byte) (int, error)  { return up.r.Read(p) }
+func (up *upgrader) Write(p []byte) (int, error) { up.out = append(up.out, p...); return len(p), nil }
+
+var (
+	rejectForbidden   = ws.RejectConnectionError(ws.RejectionStatus(http.StatusForbidden), ws.RejectionReason("origin not allowed"))
+	rejectUnavailable = ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable), ws.RejectionReason("server unavailable"))
+)
+
+// admit decides, after a valid handshake, whether this client may connect.
+func (up *upgrader) admit() error {
+	s := up.s
+	if up.hasOrg && !s.originAllowed(up.origin, up.host) {
+		s.metrics.originRejects.Inc()
+		return rejectForbidden
+	}
+	if s.draining.Load() || int(s.wsConns.Load()) >= s.cfg.MaxConns || s.overloaded() {
+		s.metrics.shed.Inc()
+		return rejectUnavailable
+	}
+	s.wsConns.Add(1)
+	return nil
+}
+
+// originAllowed: same-origin (Origin's host equals Host) or on the allow-list.
+// "null" and look-alike hosts match neither.
+func (s *Server) originAllowed(origin, host []byte) bool {
+	o := string(origin)
+	for _, a := range s.cfg.Origins {
+		if strings.EqualFold(o, a) {
+			return true
+		}
+	}
+	for _, scheme := range []string{"http://", "https://"} {
+		if rest, ok := strings.CutPrefix(strings.ToLower(o), scheme); ok {
+			return len(host) > 0 && rest == strings.ToLower(string(host))
+		}
+	}
+	return false
+}
+
+// handoff gives a non-WebSocket request to net/http. The fd leaves the
+// reactor (unregistered, then duplicated into a net.Conn and closed here),
+// and the bytes already read are replayed to net/http first.
+func (s *Server) handoff(c *Conn, head, rest []byte) {
+	buffered := make([]byte, 0, len(head)+len(rest))
+	buffered = append(append(buffered, head...), rest...)
+	_ = s.ep.Del(c.fd)
+	c.torn = true
+	c.wmu.Lock()
+	c.fdClosed = true // the reactor no longer owns the fd
+	c.wmu.Unlock()
+	s.conns.remove(c)
+	s.nconns.Add(-1)
+	s.drainedCheck()
+
+	f := os.NewFile(uintptr(c.fd), "http")
+	nc, err := net.FileConn(f) // dups the fd; f's close releases the original
+	f.Close()
+	if err != nil {
+		s.log.Warn("http handoff failed", "err", err)
+		return
+	}
+	if !s.httpLn.push(&replayConn{Conn: nc, buf: buffered}) {
+		nc.Close()
+	}
+}
+
+// replayConn is a net.Conn whose first reads return bytes the reactor read.
+type replayConn struct {
+	net.Conn
+	buf []byte
+}
+
+func (rc *replayConn) Read(p []byte) (int, error) {
+	if len(rc.buf) > 0 {
+		n := copy(p, rc.buf)
+		rc.buf = rc.buf[n:]
+		return n, nil
+	}
+	return rc.Conn.Read(p)
+}
+
+// chanListener feeds handed-off connections to http.Server.
+type chanListener struct {
+	addr net.Addr
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newChanListener(addr net.Addr) *chanListener {
+	return &chanListener{addr: addr, ch: make(chan net.Conn, 256), done: make(chan struct{})}
+}
+
+// push queues a connection without blocking; false if full or closed.
+func (l *chanListener) push(c net.Conn) bool {
+	select {
+	case <-l.done:
+		return false
+	default:
+	}
+	select {
+	case l.ch <- c:
+		return true
+	default:
+		return false
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }

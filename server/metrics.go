@@ -1,0 +1,99 @@
+package server
+
+import (
+	"strconv"
+
+	"github.com/gobwas/ws"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are the Prometheus series of one Server, on its own registry so
+// several servers (tests) never collide. Counters on per-message paths are
+// added once per batch, not once per delivery.
+type metrics struct {
+	reg *prometheus.Registry
+
+	accepted         prometheus.Counter
+	acceptErrors     prometheus.Counter
+	upgrades         prometheus.Counter
+	handshakeRejects prometheus.Counter
+	originRejects    prometheus.Counter
+	shed             prometheus.Counter
+	joins            prometheus.Counter
+	joinRejects      prometheus.Counter
+	leaves           prometheus.Counter
+	messagesIn       prometheus.Counter
+	published        prometheus.Counter
+	deliveries       prometheus.Counter
+	bytesOut         prometheus.Counter
+	rounds           prometheus.Counter
+	slowConsumers    prometheus.Counter
+	rateLimited      prometheus.Counter
+	policyCloses     prometheus.Counter
+	busyRejects      prometheus.Counter
+	panics           prometheus.Counter
+	disconnects      *prometheus.CounterVec
+	timeouts         *prometheus.CounterVec
+	fanout           prometheus.Histogram
+}
+
+func newMetrics(s *Server) *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	counter := func(name, help string) prometheus.Counter {
+		c := prometheus.NewCounter(prometheus.CounterOpts{Namespace: "gochat", Name: name, Help: help})
+		m.reg.MustRegister(c)
+		return c
+	}
+	gauge := func(name, help string, f func() float64) {
+		m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "gochat", Name: name, Help: help}, f))
+	}
+	m.accepted = counter("accepted_total", "TCP connections accepted.")
+	m.acceptErrors = counter("accept_errors_total", "accept(2) failures, including running out of file descriptors.")
+	m.upgrades = counter("upgrades_total", "Successful WebSocket upgrades.")
+	m.handshakeRejects = counter("handshake_rejects_total", "Upgrade requests refused as malformed or oversized.")
+	m.originRejects = counter("origin_rejects_total", "Upgrade requests refused for a cross-site Origin (403).")
+	m.shed = counter("shed_total", "Upgrades refused with 503: draining, max-conns or pool overload.")
+	m.joins = counter("joins_total", "Clients that joined the chat.")
+	m.joinRejects = counter("join_rejects_total", "Join messages refused (bad, reserved or taken username).")
+	m.leaves = counter("leaves_total", "Joined clients that left.")
+	m.messagesIn = counter("messages_received_total", "Text messages received from clients.")
+	m.published = counter("broadcasts_total", "Messages and notices accepted for broadcast.")
+	m.deliveries = counter("deliveries_total", "Broadcast messages handed to recipients (one per recipient).")
+	m.bytesOut = counter("bytes_out_total", "Bytes written to WebSocket clients.")
+	m.rounds = counter("broadcast_rounds_total", "Fan-out rounds; each carries every message queued since the last.")
+	m.slowConsumers = counter("slow_consumer_disconnects_total", "Clients closed 1008 because their pending output passed -send-queue.")
+	m.rateLimited = counter("rate_limited_total", "Messages refused by the per-client rate limit.")
+	m.policyCloses = counter("error_budget_disconnects_total", "Clients closed 1008 for exhausting the error budget.")
+	m.busyRejects = counter("busy_rejects_total", "Messages refused because the broadcast queue was full.")
+	m.panics = counter("handler_panics_total", "Panics in message handling (connection closed 1011).")
+	m.disconnects = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "gochat", Name: "disconnects_total",
+		Help: "Connections closed, by WebSocket close code sent (1006: dropped without a close frame)."}, []string{"code"})
+	m.timeouts = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "gochat", Name: "timeouts_total",
+		Help: "Connections dropped by a deadline, by kind (handshake, join, pong)."}, []string{"kind"})
+	m.fanout = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "gochat", Name: "broadcast_latency_seconds",
+		Help:    "Time from a message's publication to the end of its fan-out to every member.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12)})
+	m.reg.MustRegister(m.disconnects, m.timeouts, m.fanout)
+	gauge("connections", "Open connections owned by the reactor (handshaking, joining, joined, closing).",
+		func() float64 { return float64(s.nconns.Load()) })
+	gauge("members", "Clients joined to the chat.", func() float64 { return float64(s.hub.members()) })
+	gauge("pool_size", "Worker pool capacity.", func() float64 { return float64(s.pool.Size()) })
+	gauge("pool_running", "Workers running tasks now.", func() float64 { return float64(s.pool.Stats().Running) })
+	gauge("pool_waiting", "Tasks queued behind busy workers now.", func() float64 { return float64(s.pool.Stats().Waiting) })
+	m.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "gochat", Name: "pool_overload_total",
+		Help: "Tasks that found every worker busy and waited in the queue."}, func() float64 { return float64(s.pool.Stats().Queued) }))
+	gauge("draining", "1 while shutting down.", func() float64 {
+		if s.draining.Load() {
+			return 1
+		}
+		return 0
+	})
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// closed counts a close by the code sent.
+func (m *metrics) closed(code ws.StatusCode) {
+	m.disconnects.WithLabelValues(strconv.Itoa(int(code))).Inc()
+}
