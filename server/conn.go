@@ -244,7 +244,10 @@ func (c *Conn) readInput() {
 		case len(rest) == 0:
 			c.in, c.need = nil, 0
 		case len(c.in) > 0: // data is c.in: shift the incomplete part down
-			c.in = c.in[:copy(c.in, rest)]
+			// Copy into the whole capacity: rest may be longer than the old
+			// len(c.in) (this read added to an incomplete frame that is still
+			// incomplete), and copy(c.in, rest) would silently drop its tail.
+			c.in = c.in[:copy(c.in[:cap(c.in)], rest)]
 		default: // data is the worker's buffer: keep the incomplete part
 			c.in = append(make([]byte, 0, max(c.need, len(rest)+512)), rest...)
 		}

@@ -25,7 +25,7 @@ func (s *Server) handshake(c *Conn, head, rest []byte) bool {
 	up := upgraders.Get().(*upgrader)
 	defer upgraders.Put(up)
 	up.reset(s, head)
-	_, err := up.u.Upgrade(up)
+	err := up.upgrade()
 	c.writeRaw(up.out)
 	if err != nil {
 		s.metrics.handshakeRejects.Inc()
@@ -101,8 +101,23 @@ func (up *upgrader) reset(s *Server, head []byte) {
 	up.hasOrg = false
 }
 
+// upgrade runs gobwas's handshake on the head given to reset and leaves the
+// response in up.out.
+func (up *upgrader) upgrade() error {
+	_, err := up.u.Upgrade(up)
+	if err != nil && (len(up.out) == 0 || err == ws.ErrHandshakeBadMethod || err == ws.ErrHandshakeBadProtocol) {
+		// Every malformed upgrade gets 400 (RELIABILITY 1): gobwas answers a
+		// wrong method with 405, HTTP/1.0 with 505, and an unparsable request
+		// line with nothing at all (the client would only see the close).
+		up.out = append(up.out[:0], badRequestResponse...)
+	}
+	return err
+}
+
 func (up *upgrader) Read(p []byte) (int, error)  { return up.r.Read(p) }
 func (up *upgrader) Write(p []byte) (int, error) { up.out = append(up.out, p...); return len(p), nil }
+
+const badRequestResponse = "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 var (
 	rejectForbidden   = ws.RejectConnectionError(ws.RejectionStatus(http.StatusForbidden), ws.RejectionReason("origin not allowed"))

@@ -41,6 +41,8 @@ type hub struct {
 	batchFrames int          // frames in batch; written only between rounds
 	batchAt     time.Time    // queuedAt of batch
 	pending     atomic.Int32 // shard tasks of the round not yet done
+
+	roundsDone atomic.Uint64 // completed rounds (tests wait on it)
 }
 
 // maxQueue bounds the bytes waiting for a round; beyond it publish refuses
@@ -212,6 +214,7 @@ func (h *hub) shardDone() {
 	}
 	h.srv.metrics.fanout.Observe(time.Since(h.batchAt).Seconds())
 	h.srv.metrics.rounds.Inc()
+	h.roundsDone.Add(1)
 	h.qmu.Lock()
 	h.spare = h.batch[:0]
 	h.batch = nil

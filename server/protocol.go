@@ -41,14 +41,18 @@ type clientMsg struct {
 // deep nesting costs nothing, and it decodes strings into scratch, so a
 // message costs no allocation once scratch has grown.
 func parseClientMsg(b, scratch []byte) (m clientMsg, _ []byte, err error) {
-	scratch = scratch[:0]
+	m, scratch, err = parseObject(b, scratch[:0])
+	if err != nil && err != errBadJSON && !json.Valid(b) {
+		err = errBadJSON // malformed JSON is reported as such, whatever came first
+	}
+	return m, scratch, err
+}
+
+func parseObject(b, scratch []byte) (m clientMsg, _ []byte, err error) {
 	p := jsonParser{b: b}
 	p.skipSpace()
 	if !p.consume('{') {
-		if p.i < len(p.b) && (p.b[p.i] == '[' || p.b[p.i] == 'n' || p.b[p.i] == '"' || p.b[p.i] == 't' || p.b[p.i] == 'f' || p.b[p.i] == '-' || (p.b[p.i] >= '0' && p.b[p.i] <= '9')) && looksLikeJSON(b) {
-			return m, scratch, errNotObject
-		}
-		return m, scratch, errBadJSON
+		return m, scratch, errNotObject
 	}
 	var uStart, uEnd, cStart, cEnd int
 	p.skipSpace()
@@ -88,7 +92,12 @@ func parseClientMsg(b, scratch []byte) (m clientMsg, _ []byte, err error) {
 					cStart, cEnd, m.hasContent = start, len(scratch), true
 				}
 			case p.literal("null"):
-				// As encoding/json: null leaves the field unset.
+				// As encoding/json with *string fields: null unsets.
+				if field == 1 {
+					m.hasUsername = false
+				} else {
+					m.hasContent = false
+				}
 			default:
 				return m, scratch, errWrongType
 			}
@@ -109,13 +118,6 @@ func parseClientMsg(b, scratch []byte) (m clientMsg, _ []byte, err error) {
 	m.username = scratch[uStart:uEnd]
 	m.content = scratch[cStart:cEnd]
 	return m, scratch, nil
-}
-
-// looksLikeJSON tells a well-formed non-object ("null", "[]", "42") from
-// garbage, so the client learns which mistake it made. It runs only on the
-// error path.
-func looksLikeJSON(b []byte) bool {
-	return json.Valid(b)
 }
 
 type jsonParser struct {

@@ -203,30 +203,32 @@ func (s *Server) overloaded() bool {
 	return s.pool.Stats().Waiting > s.cfg.OverloadQueue
 }
 
-// acceptor accepts new connections on a worker, never on the poller.
+// acceptor accepts new connections on the poller goroutine. accept4 on a
+// non-blocking listener never blocks, and accepting there keeps admission
+// (and load shedding) working while every worker is busy.
 type acceptor struct {
 	srv     *Server
-	backoff time.Duration // current EMFILE back-off; owned by Run
+	backoff time.Duration // current EMFILE back-off; poller goroutine only
 }
 
+// onEvent accepts up to a budget, then re-arms the listener. When the
+// process is out of fds it backs off (5 ms doubling to 1 s) instead of
+// spinning on a listener that stays readable.
 func (a *acceptor) onEvent(ev netpoll.EpollEvent) {
 	if ev&0x20 != 0 { // poller closed
 		return
 	}
-	_ = a.srv.pool.Schedule(a)
-}
-
-// Run accepts up to a budget, then re-arms the listener. When the process is
-// out of fds it backs off (5 ms doubling to 1 s) instead of spinning on a
-// listener that stays readable.
-func (a *acceptor) Run() {
 	s := a.srv
-	for range 256 {
+	for range 128 {
 		fd, _, err := syscall.Accept4(s.lnFd, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
 		switch {
 		case err == nil:
 			a.backoff = 0
-			s.register(fd)
+			if s.overloaded() {
+				s.shedNow(fd)
+			} else {
+				s.register(fd)
+			}
 			continue
 		case err == syscall.EAGAIN:
 		case err == syscall.EINTR || err == syscall.ECONNABORTED:
@@ -248,6 +250,16 @@ func (a *acceptor) Run() {
 	}
 	a.rearm()
 }
+
+// shedNow refuses a connection while the pool is overloaded, without
+// giving it to the pool: a canned 503 fits any fresh socket buffer.
+func (s *Server) shedNow(fd int) {
+	s.metrics.shed.Inc()
+	_, _ = syscall.Write(fd, response503)
+	_ = syscall.Close(fd)
+}
+
+var response503 = []byte("HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n")
 
 func (a *acceptor) rearm() {
 	_ = a.srv.ep.Mod(a.srv.lnFd, netpoll.EPOLLIN|netpoll.EPOLLONESHOT)
