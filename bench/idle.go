@@ -1,0 +1,51 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// runIdle measures what idle connections cost the server: RSS is sampled
+// before connecting and again after every client joined and cfg.Hold
+// passed; rss_per_conn = (rss_after − rss_before) / connections alive.
+func runIdle(ctx context.Context, cfg *Config) (Result, error) {
+	res := Result{Scenario: "idle"}
+	f := newFleet(cfg, cfg.Conns)
+	smp := newSampler(cfg.PID, cfg.MetricsURL)
+	prog := startProgress(f, cfg.Progress)
+	defer prog.end()
+	defer f.closeAll()
+
+	before := smp.sample(ctx)
+	err := f.connect(ctx, nil)
+	res.fillConnect(f)
+	if err != nil {
+		return res, err
+	}
+	prog.setPhase("barrier")
+	first := f.firstAlive()
+	if first == nil {
+		return res, errors.New("no client connected")
+	}
+	// One barrier message proves the joins were registered; it costs one
+	// delivery per connection, nothing compared to the hold.
+	res.Unconfirmed = f.waitBarrier(ctx, first)
+
+	prog.setPhase("hold")
+	select {
+	case <-ctx.Done():
+		return res, ctx.Err()
+	case <-time.After(cfg.Hold):
+	}
+	after := smp.sample(ctx)
+	alive, _, _, _ := f.totals()
+	res.serverWindow(before, after)
+	res.RSSBeforeBytes = before.RSS
+	if before.RSS != nil && after.RSS != nil && alive > 0 {
+		res.RSSPerConnBytes = ptr((float64(*after.RSS) - float64(*before.RSS)) / float64(alive))
+	}
+	res.Receivers = alive
+	res.Disconnected, res.DisconnectCodes, res.DisconnectWhy = disconnects(f.clients, nil)
+	return res, nil
+}

@@ -1,0 +1,201 @@
+// Command bench is the gochat load harness. It opens thousands of
+// WebSocket connections to a gochat server and measures what the server
+// does with them: memory per idle connection (idle), broadcast throughput,
+// loss and latency (broadcast), join-notice storms (storm) and slow-consumer
+// handling (slow).
+//
+// Every figure is counted by the clients themselves, so a server that drops
+// messages or clients shows it as lost messages and disconnects.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+// Config holds the flags of every subcommand.
+type Config struct {
+	URL         string
+	MetricsURL  string
+	Conns       int
+	JSON        bool
+	PID         int
+	DialRate    int
+	DialWorkers int
+	Timeout     time.Duration
+	LocalAddrs  int
+	AllowRemote bool
+
+	Senders  int
+	Rate     float64
+	Duration time.Duration
+	Size     int
+	Drain    time.Duration
+	Hold     time.Duration
+	Slow     int
+
+	// Progress receives the live status line; nil disables it.
+	Progress io.Writer
+
+	storm bool // clients track which join notices they saw
+}
+
+type scenario struct {
+	run   func(context.Context, *Config) (Result, error)
+	usage string
+	flags func(*flag.FlagSet, *Config)
+}
+
+var scenarios = map[string]scenario{
+	"idle": {runIdle, "connect and join -conns clients, hold them -hold, report server RSS per connection",
+		func(fs *flag.FlagSet, c *Config) {
+			fs.DurationVar(&c.Hold, "hold", 10*time.Second, "how long to hold the connections before sampling the server")
+		}},
+	"broadcast": {runBroadcast, "-senders clients send -rate msg/s each for -duration; count deliveries, loss, latency",
+		trafficFlags},
+	"storm": {runStorm, "all clients join as fast as possible (server with -presence=true); time until every join notice arrived",
+		func(fs *flag.FlagSet, c *Config) {
+			fs.DurationVar(&c.Drain, "drain", 10*time.Second, "give up when no notice arrived for this long")
+		}},
+	"slow": {runSlow, "like broadcast, but the last -slow clients never read; count their disconnects and the healthy clients' loss",
+		func(fs *flag.FlagSet, c *Config) {
+			trafficFlags(fs, c)
+			fs.IntVar(&c.Slow, "slow", 10, "clients that join and then never read")
+			fs.Lookup("size").DefValue = "1000"
+			c.Size = 1000
+		}},
+}
+
+func trafficFlags(fs *flag.FlagSet, c *Config) {
+	fs.IntVar(&c.Senders, "senders", 10, "clients that send (they also receive)")
+	fs.Float64Var(&c.Rate, "rate", 5, "messages per second per sender (the server's default limit is 10/s)")
+	fs.DurationVar(&c.Duration, "duration", 10*time.Second, "how long the senders send")
+	fs.IntVar(&c.Size, "size", 100, fmt.Sprintf("content bytes per message (min %d)", minContent))
+	fs.DurationVar(&c.Drain, "drain", 5*time.Second, "after sending, wait at most this long for deliveries in flight")
+}
+
+func commonFlags(fs *flag.FlagSet, c *Config) {
+	fs.StringVar(&c.URL, "url", "ws://127.0.0.1:8080/ws", "server WebSocket URL")
+	fs.StringVar(&c.MetricsURL, "metrics", "", `server Prometheus URL (default: http://HOST:PORT/metrics from -url; "none" disables)`)
+	fs.IntVar(&c.Conns, "conns", 1000, "number of connections")
+	fs.BoolVar(&c.JSON, "json", false, "print one JSON object instead of the table")
+	fs.IntVar(&c.PID, "pid", 0, "server pid for /proc sampling (default: the local process listening on the -url port; -1 disables)")
+	fs.IntVar(&c.DialRate, "dial-rate", 0, "new connections per second during ramp-up (0 = as fast as -dial-workers allow)")
+	fs.IntVar(&c.DialWorkers, "dial-workers", 64, "handshakes in flight during ramp-up")
+	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "dial+handshake timeout, write timeout and join-confirmation timeout")
+	fs.IntVar(&c.LocalAddrs, "local-addrs", 0, "spread connections over this many source addresses 127.0.0.1..N (default: 1 per 20000 conns)")
+	fs.BoolVar(&c.AllowRemote, "allow-remote", false, "allow a non-loopback -url (never point a load test at a host you do not own)")
+}
+
+func usage() {
+	fmt.Fprintf(os.Stderr, "usage: bench <subcommand> [flags]\n\nSubcommands:\n")
+	for _, name := range []string{"idle", "broadcast", "storm", "slow"} {
+		fmt.Fprintf(os.Stderr, "  %-10s %s\n", name, scenarios[name].usage)
+	}
+	fmt.Fprintf(os.Stderr, "\nRun 'bench <subcommand> -h' for its flags.\n")
+}
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "-help" || os.Args[1] == "--help" || os.Args[1] == "help" {
+		usage()
+		if len(os.Args) < 2 {
+			os.Exit(2)
+		}
+		return
+	}
+	sc, ok := scenarios[os.Args[1]]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "bench: unknown subcommand %q\n\n", os.Args[1])
+		usage()
+		os.Exit(2)
+	}
+	cfg := &Config{Progress: os.Stderr}
+	fs := flag.NewFlagSet("bench "+os.Args[1], flag.ExitOnError)
+	commonFlags(fs, cfg)
+	sc.flags(fs, cfg)
+	fs.Parse(os.Args[2:])
+	if err := prepare(cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	res, err := sc.run(ctx, cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+	}
+	if res.Scenario != "" && (err == nil || res.Connected > 0) {
+		if cfg.JSON {
+			writeJSON(os.Stdout, &res)
+		} else {
+			writeTable(os.Stdout, &res)
+		}
+	}
+	if err != nil {
+		os.Exit(1)
+	}
+}
+
+// prepare validates cfg and fills the defaults that depend on other flags.
+func prepare(cfg *Config) error {
+	u, err := url.Parse(cfg.URL)
+	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") {
+		return fmt.Errorf("-url %q: want ws://host:port/path", cfg.URL)
+	}
+	loopback := isLoopbackHost(u.Hostname())
+	if !loopback && !cfg.AllowRemote {
+		return fmt.Errorf("-url host %q is not a loopback address; pass -allow-remote if you own that server", u.Hostname())
+	}
+	if cfg.Conns <= 0 {
+		return errors.New("-conns must be > 0")
+	}
+	switch cfg.MetricsURL {
+	case "":
+		cfg.MetricsURL = metricsURLFor(cfg.URL)
+	case "none":
+		cfg.MetricsURL = ""
+	}
+	switch {
+	case cfg.PID == 0 && loopback:
+		cfg.PID = findListenerPID(cfg.URL)
+	case cfg.PID < 0:
+		cfg.PID = 0
+	}
+	if cfg.LocalAddrs == 0 {
+		cfg.LocalAddrs = (cfg.Conns + portsPerSource - 1) / portsPerSource
+	}
+	if cfg.LocalAddrs > 1 && !loopback {
+		return errors.New("-local-addrs > 1 needs a loopback -url")
+	}
+	return checkFDLimit(cfg.Conns)
+}
+
+// checkFDLimit raises the soft open-file limit as far as the hard limit
+// allows and fails early, with a clear message, if -conns cannot fit.
+func checkFDLimit(conns int) error {
+	const spare = 32 // stdio, /metrics, /proc reads, the runtime's own
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		return nil
+	}
+	need := uint64(conns + spare)
+	if lim.Cur < need && lim.Max > lim.Cur {
+		lim.Cur = min(need, lim.Max)
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+		syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+	if lim.Cur < need {
+		return fmt.Errorf("-conns %d needs about %d file descriptors but this process may open only %d (ulimit -n, hard limit %d); "+
+			"use at most %d connections per bench process", conns, need, lim.Cur, lim.Max, int(lim.Cur)-spare)
+	}
+	return nil
+}

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+)
+
+// writeJSON prints r as one JSON object (for scripts and CI).
+func writeJSON(w io.Writer, r *Result) error {
+	if r.DisconnectCodes == nil {
+		r.DisconnectCodes = map[string]int{}
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(r)
+}
+
+// writeTable prints r for a person: only the rows the scenario measured.
+func writeTable(w io.Writer, r *Result) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	row := func(k, format string, a ...any) { fmt.Fprintf(tw, "%s\t"+format+"\n", append([]any{k}, a...)...) }
+
+	row("scenario", "%s  %s", r.Scenario, r.URL)
+	row("connected", "%d / %d  (%.0f/s over %.2fs, %d failed)", r.Connected, r.Conns, r.ConnectsPerSec, r.ConnectSeconds, r.ConnectFailed)
+	for _, k := range sortedKeys(r.ConnectErrors) {
+		row("  connect error", "%d × %s", r.ConnectErrors[k], k)
+	}
+	if r.Unconfirmed > 0 {
+		row("joins unconfirmed", "%d  (no barrier message arrived: join not registered?)", r.Unconfirmed)
+	}
+	switch r.Scenario {
+	case "broadcast", "slow":
+		row("sent", "%d  (%d senders, %d send errors)", r.Sent, r.Senders, r.SendErrors)
+		row("receivers", "%d  (connected for the whole run)", r.Receivers)
+		row("deliveries", "%d of %d expected  (%.0f/s over %.2fs)", r.Deliveries, r.Expected, r.DeliveriesPerSec, r.DurationSeconds)
+		row("lost", "%d%s", r.Lost, pct(r.Lost, r.Expected))
+		if r.OutOfOrder > 0 {
+			row("out of order / dup", "%d", r.OutOfOrder)
+		}
+		if l := r.Latency; l != nil {
+			row("latency ms", "p50 %.2f  p90 %.2f  p99 %.2f  max %.2f  (%d samples)", l.P50, l.P90, l.P99, l.Max, l.Count)
+		}
+	case "storm":
+		row("clients", "%d connected at the end", r.Receivers)
+		row("notices", "%d received, %d expected at least, %d missing, %d duplicated",
+			deref(r.NoticesReceived), deref(r.NoticesExpected), deref(r.NoticesMissing), deref(r.NoticesDup))
+		row("drain", "%.3fs from first dial to last notice  (%.0f notices/s)", deref(r.DrainSeconds), r.DeliveriesPerSec)
+	case "idle":
+		row("alive after hold", "%d", r.Receivers)
+	}
+	if r.ServerErrors > 0 {
+		row("server Error: replies", "%d  (e.g. rate limit: start the server with a higher -rate/-burst)", r.ServerErrors)
+	}
+	if r.Unparsed > 0 {
+		row("unparsed frames", "%d  (not {\"username\",\"content\"} JSON)", r.Unparsed)
+	}
+	row("disconnected", "%d%s", r.Disconnected, codes(r.DisconnectCodes))
+	for _, k := range sortedKeys(r.DisconnectWhy) {
+		row("  disconnect error", "%d × %s", r.DisconnectWhy[k], k)
+	}
+	if r.SlowClients != nil {
+		row("slow clients", "%d, disconnected by the server: %d%s", *r.SlowClients, deref(r.SlowDisconnected), codes(r.SlowCodes))
+		for _, k := range sortedKeys(r.SlowWhy) {
+			row("  slow disconnect error", "%d × %s", r.SlowWhy[k], k)
+		}
+		row("slow backlog", "%d messages still readable by the slow clients afterwards", deref(r.SlowBacklog))
+	}
+	s := r.Server
+	if s.RSSBytes != nil {
+		row("server rss", "%s", mib(float64(*s.RSSBytes)))
+	}
+	if r.RSSBeforeBytes != nil {
+		row("server rss before", "%s", mib(float64(*r.RSSBeforeBytes)))
+	}
+	if r.RSSPerConnBytes != nil {
+		note := ""
+		if *r.RSSPerConnBytes < 0 {
+			note = "  (RSS shrank: the server still held memory from an earlier run; restart it for a clean baseline)"
+		}
+		row("rss per conn", "%.0f bytes%s", *r.RSSPerConnBytes, note)
+	}
+	if s.CPUSeconds != nil {
+		row("server cpu", "%.2fs in the measured window", *s.CPUSeconds)
+	}
+	if r.CPUUsPerDeliver != nil {
+		row("cpu per delivery", "%.2f µs", *r.CPUUsPerDeliver)
+	}
+	if s.FDs != nil {
+		row("server fds", "%d", *s.FDs)
+	}
+	if s.Goroutines != nil {
+		row("server goroutines", "%d", *s.Goroutines)
+	}
+	if s == (ServerStats{}) {
+		row("server", "not observed (no -pid and no reachable -metrics)")
+	}
+	return tw.Flush()
+}
+
+func pct(n int64, of uint64) string {
+	if of == 0 {
+		return ""
+	}
+	return fmt.Sprintf("  (%.3f%%)", 100*float64(n)/float64(of))
+}
+
+func codes(m map[string]int) string {
+	if len(m) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("  (close codes:")
+	for _, k := range sortedKeys(m) {
+		fmt.Fprintf(&b, " %s×%d", k, m[k])
+	}
+	b.WriteString(")")
+	return b.String()
+}
+
+func mib(b float64) string { return fmt.Sprintf("%.1f MiB", b/(1<<20)) }
+
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}

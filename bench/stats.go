@@ -1,0 +1,135 @@
+package main
+
+import (
+	"maps"
+	"slices"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// Result is what a scenario measured. Pointer fields are nil when the
+// scenario does not measure them (or could not), so JSON omits them.
+type Result struct {
+	Scenario string `json:"scenario"`
+	URL      string `json:"url"`
+	Conns    int    `json:"conns"`
+
+	Connected      int            `json:"connected"`
+	ConnectFailed  int            `json:"connect_failed"`
+	ConnectErrors  map[string]int `json:"connect_errors,omitempty"`
+	ConnectSeconds float64        `json:"connect_seconds"`
+	ConnectsPerSec float64        `json:"connects_per_sec"`
+	Unconfirmed    int            `json:"joins_unconfirmed"`
+
+	Senders          int      `json:"senders,omitempty"`
+	Sent             uint64   `json:"sent"`
+	SendErrors       uint64   `json:"send_errors"`
+	Receivers        int      `json:"receivers"`
+	Deliveries       uint64   `json:"deliveries"`
+	Expected         uint64   `json:"deliveries_expected"`
+	Lost             int64    `json:"lost"`
+	OutOfOrder       uint64   `json:"out_of_order"`
+	ServerErrors     uint64   `json:"server_errors"`
+	Unparsed         uint64   `json:"unparsed_frames"`
+	DurationSeconds  float64  `json:"duration_seconds"`
+	DeliveriesPerSec float64  `json:"deliveries_per_sec"`
+	Latency          *Latency `json:"latency_ms,omitempty"`
+
+	Disconnected    int            `json:"disconnected"`
+	DisconnectCodes map[string]int `json:"disconnect_codes"`
+	DisconnectWhy   map[string]int `json:"disconnect_errors,omitempty"`
+
+	Server          ServerStats `json:"server"`
+	RSSBeforeBytes  *uint64     `json:"rss_before_bytes,omitempty"`
+	RSSPerConnBytes *float64    `json:"rss_per_conn_bytes,omitempty"`
+	CPUUsPerDeliver *float64    `json:"cpu_us_per_delivery,omitempty"`
+
+	// storm
+	DrainSeconds    *float64 `json:"drain_seconds,omitempty"`
+	NoticesReceived *uint64  `json:"notices_received,omitempty"`
+	NoticesExpected *uint64  `json:"notices_expected,omitempty"`
+	NoticesMissing  *uint64  `json:"notices_missing,omitempty"`
+	NoticesDup      *uint64  `json:"notices_duplicated,omitempty"`
+
+	// slow
+	SlowClients      *int           `json:"slow_clients,omitempty"`
+	SlowDisconnected *int           `json:"slow_disconnected,omitempty"`
+	SlowCodes        map[string]int `json:"slow_disconnect_codes,omitempty"`
+	SlowWhy          map[string]int `json:"slow_disconnect_errors,omitempty"`
+	// SlowBacklog is how many measured messages the slow clients still
+	// found queued for them when they finally read (before the close).
+	SlowBacklog *uint64 `json:"slow_backlog_delivered,omitempty"`
+}
+
+// ServerStats are the server's figures at the end of the measured window;
+// CPUSeconds is the delta over that window.
+type ServerStats struct {
+	RSSBytes   *uint64  `json:"rss_bytes,omitempty"`
+	CPUSeconds *float64 `json:"cpu_seconds,omitempty"`
+	FDs        *int     `json:"fds,omitempty"`
+	Goroutines *int     `json:"goroutines,omitempty"`
+}
+
+// Latency holds end-to-end latency percentiles in milliseconds.
+type Latency struct {
+	Count int64   `json:"count"`
+	P50   float64 `json:"p50"`
+	P90   float64 `json:"p90"`
+	P99   float64 `json:"p99"`
+	Max   float64 `json:"max"`
+}
+
+// serverWindow fills r.Server from samples taken at the start and the end
+// of the measured window.
+func (r *Result) serverWindow(before, after serverSample) {
+	r.Server = ServerStats{RSSBytes: after.RSS, FDs: after.FDs, Goroutines: after.Goroutines}
+	if before.CPU != nil && after.CPU != nil {
+		r.Server.CPUSeconds = ptr(*after.CPU - *before.CPU)
+	}
+}
+
+// fillConnect copies the ramp-up figures of f into r.
+func (r *Result) fillConnect(f *fleet) {
+	r.Conns = f.n
+	r.URL = f.cfg.URL
+	r.Connected = int(f.connected.Load())
+	r.ConnectFailed = int(f.failed.Load())
+	if len(f.dialErrs) > 0 {
+		r.ConnectErrors = maps.Clone(f.dialErrs)
+	}
+	r.ConnectSeconds = f.connectEnd.Sub(f.connectStart).Seconds()
+	if r.ConnectSeconds > 0 {
+		r.ConnectsPerSec = float64(r.Connected) / r.ConnectSeconds
+	}
+}
+
+// mergeLatency merges the per-connection histograms of clients (read after
+// the readers exited).
+func mergeLatency(clients []*client) *Latency {
+	var all *hdrhistogram.Histogram
+	for _, c := range clients {
+		if c.hist == nil {
+			continue
+		}
+		if all == nil {
+			all = hdrhistogram.New(1, histMax, histSigFigs)
+		}
+		all.Merge(c.hist)
+	}
+	if all == nil || all.TotalCount() == 0 {
+		return nil
+	}
+	ms := func(us int64) float64 { return float64(us) / 1e3 }
+	return &Latency{
+		Count: all.TotalCount(),
+		P50:   ms(all.ValueAtQuantile(50)),
+		P90:   ms(all.ValueAtQuantile(90)),
+		P99:   ms(all.ValueAtQuantile(99)),
+		Max:   ms(all.Max()),
+	}
+}
+
+// sortedKeys returns m's keys in order, for stable output.
+func sortedKeys[V any](m map[string]V) []string {
+	return slices.Sorted(maps.Keys(m))
+}

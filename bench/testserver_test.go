@@ -1,0 +1,233 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/coder/websocket"
+)
+
+// testServer is a small, deliberately misbehaving chat server speaking the
+// gochat protocol. All its decisions are made under one mutex, in broadcast
+// order, and counted, so a test can compare the harness's figures with
+// what the server really did.
+type testServer struct {
+	// presence broadcasts "X joined the chat" to every registered client.
+	presence bool
+	// dropEvery > 0 drops every dropEvery-th measured broadcast for the
+	// receivers whose bench id is odd.
+	dropEvery int
+	// noticeDropEvery > 0 drops every noticeDropEvery-th delivery of
+	// another client's join notice.
+	noticeDropEvery int
+	// victim >= 0 is the bench id of a client closed with 1008 after
+	// closeAfter measured broadcasts.
+	victim, closeAfter int
+	// queue is each client's outbound queue in messages; a client whose
+	// queue is full is a slow consumer and gets dropped (0 = 4096).
+	queue int
+	// sndbuf > 0 sets SO_SNDBUF on accepted connections so that clients
+	// that do not read back up quickly.
+	sndbuf int
+
+	srv *httptest.Server
+	ctx context.Context
+
+	mu             sync.Mutex
+	clients        []*tsClient
+	measured       int // measured broadcasts
+	droppedAlive   int // measured messages dropped for clients never closed
+	noticesDropped int
+	slowDropped    map[int]bool // bench ids dropped as slow consumers
+}
+
+type tsClient struct {
+	id     int // bench id, from the username
+	name   string
+	conn   *websocket.Conn
+	out    chan []byte // nil entry: close with 1008
+	closed bool
+}
+
+func startTestServer(t *testing.T, ts *testServer) *testServer {
+	t.Helper()
+	if ts.queue == 0 {
+		ts.queue = 4096
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ts.ctx = ctx
+	ts.srv = httptest.NewUnstartedServer(http.HandlerFunc(ts.serveWS))
+	if ts.sndbuf > 0 {
+		ts.srv.Listener = sndbufListener{ts.srv.Listener, ts.sndbuf}
+	}
+	ts.srv.Start()
+	t.Cleanup(func() {
+		cancel()
+		ts.srv.Close()
+	})
+	return ts
+}
+
+func (ts *testServer) url() string {
+	return "ws" + strings.TrimPrefix(ts.srv.URL, "http") + "/ws"
+}
+
+type sndbufListener struct {
+	net.Listener
+	size int
+}
+
+func (l sndbufListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetWriteBuffer(l.size)
+	}
+	return c, err
+}
+
+type inMsg struct {
+	Username string `json:"username"`
+	Content  string `json:"content"`
+}
+
+func (ts *testServer) serveWS(w http.ResponseWriter, r *http.Request) {
+	conn, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return
+	}
+	ctx := ts.ctx
+	_, data, err := conn.Read(ctx)
+	var join inMsg
+	if err != nil || json.Unmarshal(data, &join) != nil || join.Username == "" {
+		conn.Close(websocket.StatusPolicyViolation, "bad join")
+		return
+	}
+	id := -1
+	if _, num, ok := strings.Cut(join.Username, "_"); ok {
+		id, _ = strconv.Atoi(num)
+	}
+	c := &tsClient{id: id, name: join.Username, conn: conn, out: make(chan []byte, ts.queue)}
+	go ts.writeLoop(ctx, c)
+
+	ts.mu.Lock()
+	ts.clients = append(ts.clients, c)
+	if ts.presence {
+		ts.broadcastLocked(c, join.Username+" joined the chat", "System")
+	}
+	ts.mu.Unlock()
+
+	for {
+		_, data, err := conn.Read(ctx)
+		if err != nil {
+			break
+		}
+		var m inMsg
+		if json.Unmarshal(data, &m) == nil && m.Content != "" {
+			ts.mu.Lock()
+			ts.broadcastLocked(c, m.Content, join.Username)
+			ts.mu.Unlock()
+		}
+	}
+	ts.mu.Lock()
+	c.closed = true
+	ts.mu.Unlock()
+	conn.CloseNow()
+}
+
+// broadcastLocked sends one message to every registered client, applying
+// the configured faults. ts.mu is held.
+func (ts *testServer) broadcastLocked(from *tsClient, content, user string) {
+	msg, _ := json.Marshal(inMsg{Username: user, Content: content})
+	measured := len(content) > offKind && content[0] == '~' && content[offKind] == kindMeasured
+	if measured {
+		ts.measured++
+	}
+	notice := user == "System"
+	deliveries := 0
+	for _, c := range ts.clients {
+		if c.closed {
+			continue
+		}
+		if measured && ts.dropEvery > 0 && ts.measured%ts.dropEvery == 0 && c.id%2 == 1 {
+			if c.id != ts.victim {
+				ts.droppedAlive++
+			}
+			continue
+		}
+		if notice && c != from && ts.noticeDropEvery > 0 {
+			deliveries++
+			if deliveries%ts.noticeDropEvery == 0 {
+				ts.noticesDropped++
+				continue
+			}
+		}
+		select {
+		case c.out <- msg:
+		default:
+			// Slow consumer: drop it without waiting on it.
+			c.closed = true
+			if ts.slowDropped == nil {
+				ts.slowDropped = map[int]bool{}
+			}
+			ts.slowDropped[c.id] = true
+			c.conn.CloseNow()
+		}
+	}
+	if measured && ts.measured == ts.closeAfter {
+		for _, c := range ts.clients {
+			if c.id == ts.victim && !c.closed {
+				c.closed = true
+				select {
+				case c.out <- nil:
+				default:
+					c.conn.CloseNow()
+				}
+			}
+		}
+	}
+}
+
+func (ts *testServer) writeLoop(ctx context.Context, c *tsClient) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case msg := <-c.out:
+			if msg == nil {
+				c.conn.Close(websocket.StatusPolicyViolation, "closed by test")
+				return
+			}
+			if c.conn.Write(ctx, websocket.MessageText, msg) != nil {
+				return
+			}
+		}
+	}
+}
+
+// counters returns the server's fault counts.
+func (ts *testServer) counters() (measured, droppedAlive, noticesDropped int) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return ts.measured, ts.droppedAlive, ts.noticesDropped
+}
+
+// slowConsumers counts the clients dropped as slow consumers whose bench
+// id satisfies pick.
+func (ts *testServer) slowConsumers(pick func(id int) bool) int {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	n := 0
+	for id := range ts.slowDropped {
+		if pick(id) {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,230 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+)
+
+// runBroadcast connects cfg.Conns clients, lets cfg.Senders of them send
+// cfg.Rate messages per second each for cfg.Duration, waits up to cfg.Drain
+// for the deliveries still in flight, and accounts for every message:
+// lost = sent × receivers − deliveries, receivers being the clients still
+// connected at the end.
+func runBroadcast(ctx context.Context, cfg *Config) (Result, error) {
+	return runTraffic(ctx, cfg, "broadcast", 0)
+}
+
+// runSlow is runBroadcast with the last cfg.Slow clients joining and then
+// never reading. It reports how many of them the server disconnected and
+// whether the healthy receivers still got every message.
+func runSlow(ctx context.Context, cfg *Config) (Result, error) {
+	if cfg.Slow <= 0 {
+		return Result{}, errors.New("-slow must be > 0")
+	}
+	return runTraffic(ctx, cfg, "slow", cfg.Slow)
+}
+
+func runTraffic(ctx context.Context, cfg *Config, scenario string, slow int) (Result, error) {
+	res := Result{Scenario: scenario, Senders: cfg.Senders}
+	switch {
+	case cfg.Senders <= 0 || cfg.Rate <= 0:
+		return res, errors.New("-senders and -rate must be > 0")
+	case cfg.Senders+slow > cfg.Conns:
+		return res, fmt.Errorf("-senders (%d) + -slow (%d) exceed -conns (%d)", cfg.Senders, slow, cfg.Conns)
+	case cfg.Size < minContent:
+		return res, fmt.Errorf("-size must be at least %d bytes (the latency header)", minContent)
+	}
+	f := newFleet(cfg, cfg.Conns)
+	f.senders = cfg.Senders
+	isSlow := func(id int) bool { return id >= cfg.Conns-slow }
+	smp := newSampler(cfg.PID, cfg.MetricsURL)
+	prog := startProgress(f, cfg.Progress)
+	defer prog.end()
+	defer f.closeAll()
+
+	err := f.connect(ctx, isSlow)
+	res.fillConnect(f)
+	if err != nil {
+		return res, err
+	}
+	prog.setPhase("barrier")
+	first := f.firstAlive()
+	if first == nil {
+		return res, errors.New("no client connected")
+	}
+	res.Unconfirmed = f.waitBarrier(ctx, first)
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+
+	prog.setPhase("send")
+	before := smp.sample(ctx)
+	start := f.now()
+	sendErrs := f.sendAll(ctx, cfg)
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+
+	prog.setPhase("drain")
+	res.Sent = f.sentTotal()
+	// Receivers, their deliveries and the disconnected clients are judged
+	// in one pass, so a client is either a receiver for the whole measured
+	// window or a disconnect, never both.
+	var receivers, gone []*client
+	deadline := time.Now().Add(cfg.Drain)
+	for {
+		receivers, gone = receivers[:0], gone[:0]
+		var del uint64
+		for _, c := range f.clients {
+			switch {
+			case c.slow || !c.up.Load():
+			case c.dead.Load():
+				gone = append(gone, c)
+			default:
+				receivers = append(receivers, c)
+				del += c.deliveries.Load()
+			}
+		}
+		res.Receivers, res.Deliveries = len(receivers), del
+		res.Expected = res.Sent * uint64(len(receivers))
+		if del >= res.Expected || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	after := smp.sample(ctx)
+	res.serverWindow(before, after)
+	if slow > 0 {
+		prog.setPhase("probe slow")
+		probeSlow(f, cfg.Drain)
+	}
+	prog.end()
+	f.closeAll()
+
+	res.SendErrors = sendErrs
+	res.Lost = int64(res.Expected) - int64(res.Deliveries)
+	res.Disconnected, res.DisconnectCodes, res.DisconnectWhy = disconnects(gone, nil)
+	res.Senders = f.activeSenders
+	end := start
+	for _, c := range receivers {
+		res.OutOfOrder += c.outOfOrder
+		end = max(end, c.lastDelivery)
+	}
+	for _, c := range f.clients { // errors go to the offending sender only
+		res.ServerErrors += c.serverErrors
+		res.Unparsed += c.unparsed
+	}
+	res.DurationSeconds = float64(end-start) / 1e9
+	if res.DurationSeconds > 0 {
+		res.DeliveriesPerSec = float64(res.Deliveries) / res.DurationSeconds
+	}
+	res.Latency = mergeLatency(receivers)
+	if res.Server.CPUSeconds != nil && res.Deliveries > 0 {
+		res.CPUUsPerDeliver = ptr(*res.Server.CPUSeconds * 1e6 / float64(res.Deliveries))
+	}
+	if slow > 0 {
+		res.SlowClients = ptr(slow)
+		n, codes, why := disconnects(f.clients, func(c *client) bool { return c.slow })
+		var backlog uint64
+		for _, c := range f.clients {
+			if c.slow {
+				backlog += c.deliveries.Load()
+			}
+		}
+		res.SlowDisconnected, res.SlowCodes, res.SlowWhy, res.SlowBacklog = &n, codes, why, &backlog
+	}
+	return res, nil
+}
+
+// sendAll runs one goroutine per sender (clients 0..Senders-1), each sending
+// at cfg.Rate on its own schedule, phases spread evenly so the server sees
+// a steady stream rather than bursts. It returns the number of failed writes.
+func (f *fleet) sendAll(ctx context.Context, cfg *Config) uint64 {
+	interval := time.Duration(float64(time.Second) / cfg.Rate)
+	start := time.Now()
+	end := start.Add(cfg.Duration)
+	var wg sync.WaitGroup
+	errs := make([]uint64, cfg.Senders)
+	for i := range cfg.Senders {
+		c := f.clients[i]
+		if !f.alive(c) {
+			continue
+		}
+		f.activeSenders++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := time.NewTimer(time.Hour)
+			defer t.Stop()
+			next := start.Add(interval * time.Duration(i) / time.Duration(cfg.Senders))
+			for seq := 1; next.Before(end); seq++ {
+				t.Reset(time.Until(next))
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+				}
+				if !f.alive(c) {
+					return
+				}
+				if err := c.sendBench(kindMeasured, seq); err != nil {
+					errs[i]++
+					if !isTimeout(err) {
+						return
+					}
+				} else {
+					c.sent.Add(1)
+				}
+				next = next.Add(interval)
+			}
+		}()
+	}
+	wg.Wait()
+	var n uint64
+	for _, e := range errs {
+		n += e
+	}
+	return n
+}
+
+func (f *fleet) sentTotal() uint64 {
+	var n uint64
+	for _, c := range f.clients {
+		n += c.sent.Load()
+	}
+	return n
+}
+
+// probeSlow finds out which non-reading clients the server disconnected:
+// each one now reads (and discards) its backlog until a close frame, EOF or
+// reset (disconnected) or until wait passes (still connected).
+func probeSlow(f *fleet, wait time.Duration) {
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(max(wait, time.Second))
+	for _, c := range f.clients {
+		if !c.slow || !c.up.Load() {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c.nc.SetReadDeadline(deadline)
+			code, err := c.readFrames()
+			if isTimeout(err) {
+				return
+			}
+			c.closeCode, c.endErr = code, err
+			c.dead.Store(true)
+		}()
+	}
+	wg.Wait()
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
