@@ -19,7 +19,7 @@ import (
 // portsPerSource is how many client connections we put on one loopback
 // source address before moving to the next, staying below the default
 // ephemeral port range (~28k ports).
-const portsPerSource = 20000
+const portsPerSource = 5000
 
 // fleet is the set of bench connections of one run.
 type fleet struct {

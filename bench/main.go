@@ -91,7 +91,7 @@ func commonFlags(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.DialRate, "dial-rate", 0, "new connections per second during ramp-up (0 = as fast as -dial-workers allow)")
 	fs.IntVar(&c.DialWorkers, "dial-workers", 64, "handshakes in flight during ramp-up")
 	fs.DurationVar(&c.Timeout, "timeout", 10*time.Second, "dial+handshake timeout, write timeout and join-confirmation timeout")
-	fs.IntVar(&c.LocalAddrs, "local-addrs", 0, "spread connections over this many source addresses 127.0.0.1..N (default: 1 per 20000 conns)")
+	fs.IntVar(&c.LocalAddrs, "local-addrs", 0, "spread connections over this many source addresses 127.0.0.1..N (default: 1 per 5000 conns, so the kernel's ephemeral-port search stays fast)")
 	fs.BoolVar(&c.AllowRemote, "allow-remote", false, "allow a non-loopback -url (never point a load test at a host you do not own)")
 }
 

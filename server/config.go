@@ -48,13 +48,17 @@ type Config struct {
 	// Origins lists the allowed cross-site Origins (scheme://host[:port]);
 	// same-origin and Origin-less requests are always allowed.
 	Origins []string
+	// RoundInterval is the shortest time between two broadcast rounds. Under
+	// load, messages published meanwhile go out together, one write per
+	// member instead of one per message; an idle hub sends at once.
+	RoundInterval time.Duration
 	// ShutdownTimeout bounds the graceful close handshakes at shutdown.
 	ShutdownTimeout time.Duration
 	// CloseLinger bounds how long a closing connection may take to flush its
 	// close frame and echo the peer's before the socket is closed.
 	CloseLinger time.Duration
-	// OverloadQueue is the worker-pool backlog above which new upgrades are
-	// shed with 503.
+	// OverloadQueue is the worker-pool backlog (queued tasks) which, when
+	// sustained for a second, makes new connections be shed with 503.
 	OverloadQueue int
 }
 
@@ -131,7 +135,7 @@ func (c Config) Defaults() Config {
 		c.CloseLinger = DefaultCloseLinger
 	}
 	if c.OverloadQueue == 0 {
-		c.OverloadQueue = 64 * c.Workers
+		c.OverloadQueue = 4096
 	}
 	return c
 }
@@ -194,6 +198,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		}
 		return nil
 	})
+	fs.DurationVar(&c.RoundInterval, "round-interval", d.RoundInterval, "shortest time between broadcast rounds; under load, messages in between share one write per client")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", d.ShutdownTimeout, "time allowed for close handshakes at shutdown")
 }
 

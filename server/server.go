@@ -47,6 +47,8 @@ type Server struct {
 	nconns   atomic.Int64 // connections owned by the reactor
 	wsConns  atomic.Int64 // upgraded connections, for MaxConns
 
+	overloadSince atomic.Int64 // unix nanos since the pool backlog passed OverloadQueue; 0 when not
+
 	drainOnce sync.Once
 	drained   chan struct{} // closed when draining and nconns reaches 0
 	stop      chan struct{} // closed when Serve must return
@@ -197,11 +199,27 @@ func (s *Server) drainedCheck() {
 	}
 }
 
-// overloaded reports sustained pool overload: the backlog is deep enough
-// that admitting more clients would only slow everyone.
+// overloaded reports sustained pool overload: the backlog has stayed past
+// OverloadQueue for longer than overloadGrace, so admitting more clients
+// would only slow everyone. A burst that the workers catch up with (a
+// reconnect storm) sheds nobody.
 func (s *Server) overloaded() bool {
-	return s.pool.Stats().Waiting > s.cfg.OverloadQueue
+	if s.pool.Stats().Waiting <= s.cfg.OverloadQueue {
+		s.overloadSince.Store(0)
+		return false
+	}
+	now := time.Now().UnixNano()
+	since := s.overloadSince.Load()
+	if since == 0 {
+		s.overloadSince.CompareAndSwap(0, now)
+		return false
+	}
+	return now-since > int64(overloadGrace)
 }
+
+// overloadGrace is how long the pool backlog must stay deep before new
+// connections are shed.
+const overloadGrace = time.Second
 
 // acceptor accepts new connections on the poller goroutine. accept4 on a
 // non-blocking listener never blocks, and accepting there keeps admission
