@@ -49,6 +49,7 @@ type hub struct {
 	roundStart time.Time
 	roundEnd   time.Time
 	roundTook  time.Duration
+	maxRest    time.Duration // cap on the rest between rounds: maxRest, 0 in micro-benchmarks
 }
 
 // maxRest caps the pause between rounds.
@@ -67,7 +68,7 @@ type shard struct {
 }
 
 func newHub(s *Server, nshards int) *hub {
-	h := &hub{srv: s, names: make(map[string]*Conn), shards: make([]shard, nshards)}
+	h := &hub{srv: s, names: make(map[string]*Conn), shards: make([]shard, nshards), maxRest: maxRest}
 	for i := range h.shards {
 		h.shards[i].h = h
 	}
@@ -187,7 +188,7 @@ func (h *hub) enqueue(name string, content []byte) error {
 // flight.
 func (h *hub) nextRound() {
 	now := time.Now()
-	rest := min(h.roundTook/2, maxRest)
+	rest := min(h.roundTook/2, h.maxRest)
 	wait := max(h.srv.cfg.RoundInterval-now.Sub(h.roundStart), rest-now.Sub(h.roundEnd))
 	if wait > 0 {
 		time.AfterFunc(wait, h.nextRound)
