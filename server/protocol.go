@@ -2,7 +2,6 @@ package server
 
 import (
 	"encoding/json"
-	"errors"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -11,22 +10,28 @@ import (
 	"golang.org/x/text/unicode/norm"
 )
 
-// Chat protocol errors. Their text is what the offending client receives,
-// prefixed by "Error: ", so it is fixed and never echoes user input.
-var (
-	errNotObject        = errors.New("Message must be a JSON object")
-	errBadJSON          = errors.New("Invalid JSON")
-	errWrongType        = errors.New("username and content must be strings")
-	errUnknownField     = errors.New("Unknown field: only username and content are allowed")
-	errUsernameRequired = errors.New("Username is required in first message")
-	errUsernameLength   = errors.New("Username must be 1-32 characters")
-	errUsernameChars    = errors.New("Username contains invalid characters")
-	errUsernameReserved = errors.New("Username is reserved")
-	errUsernameTaken    = errors.New("Username is already taken")
-	errContentTooLong   = errors.New("Content is too long")
-	errRateLimited      = errors.New("Rate limit exceeded, slow down")
-	errTooManyErrors    = errors.New("Too many errors")
-	errServerBusy       = errors.New("Server busy, message not sent")
+// chatError is a chat protocol error. Its text is what the offending client
+// receives after "Error: ", so it is a fixed sentence, capitalized for
+// people, and never echoes user input.
+type chatError string
+
+func (e chatError) Error() string { return string(e) }
+
+// Chat protocol errors.
+const (
+	errNotObject        chatError = "Message must be a JSON object"
+	errBadJSON          chatError = "Invalid JSON"
+	errWrongType        chatError = "username and content must be strings"
+	errUnknownField     chatError = "Unknown field: only username and content are allowed"
+	errUsernameRequired chatError = "Username is required in first message"
+	errUsernameLength   chatError = "Username must be 1-32 characters"
+	errUsernameChars    chatError = "Username contains invalid characters"
+	errUsernameReserved chatError = "Username is reserved"
+	errUsernameTaken    chatError = "Username is already taken"
+	errContentTooLong   chatError = "Content is too long"
+	errRateLimited      chatError = "Rate limit exceeded, slow down"
+	errTooManyErrors    chatError = "Too many errors"
+	errServerBusy       chatError = "Server busy, message not sent"
 )
 
 // clientMsg is a decoded client message. Its byte slices point into the

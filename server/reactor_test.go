@@ -428,4 +428,3 @@ func gauge(t testing.TB, s *testServer, name string) float64 {
 	t.Fatalf("no series %s", name)
 	return 0
 }
-
