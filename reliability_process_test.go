@@ -495,6 +495,7 @@ func relFDExhaustion(t *testing.T, backoff bool) {
 		}
 	}()
 	var refused *relWS
+	var refusedCode int
 	for i := 0; i < 2*limit && refused == nil; i++ {
 		c, err := relDial(p.addr, nil)
 		if err != nil {
@@ -506,13 +507,18 @@ func relFDExhaustion(t *testing.T, backoff bool) {
 			open = append(open, c)
 		default: // no answer (left in the backlog), an error status, or closed
 			t.Logf("connection %d refused: status %d, %v", i+1, code, err)
-			refused = c
+			refused, refusedCode = c, code
 		}
 	}
 	if refused == nil {
 		t.Fatalf("%d connections accepted under ulimit -n %d", len(open), limit)
 	}
 	defer refused.nc.Close()
+	if refusedCode != 503 {
+		// The server keeps a reserve fd to answer a client past the limit,
+		// rather than leave it hanging in the listen queue.
+		t.Errorf("client past the fd limit got status %d, want a clean 503", refusedCode)
+	}
 	t.Logf("ulimit -n %d: %d WebSocket clients accepted (plus the control), then refused; server fds %v", limit, len(open), p.fds())
 	if len(open) < limit-16 {
 		t.Errorf("only %d connections under ulimit -n %d: refused far from the limit", len(open), limit)

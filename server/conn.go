@@ -273,7 +273,9 @@ func (c *Conn) consume(data []byte) int {
 				c.teardown()
 				return len(data)
 			}
-			c.need = maxHandshake + 1
+			// Grow with what arrives rather than reserving the 8 KiB cap:
+			// 5,000 slowloris sockets must not pin 40 MB.
+			c.need = min(2*len(data)+256, maxHandshake+1)
 			return 0
 		}
 		end += 4

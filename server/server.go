@@ -108,6 +108,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("gochat: listener fd: %w", err)
 	}
 	s.accept.srv = s
+	s.accept.openSpare()
 	s.keeper.srv = s
 	s.httpLn = newChanListener(s.ln.Addr())
 	s.http = &http.Server{
@@ -172,6 +173,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.keeper.stopAndWait()
 	_ = s.ep.Del(s.lnFd)
 	_ = s.ln.Close()
+	if s.accept.spare >= 0 {
+		_ = syscall.Close(s.accept.spare)
+	}
 	_ = s.http.Close()
 	_ = s.httpLn.Close()
 	s.pool.Close()
@@ -227,6 +231,34 @@ const overloadGrace = time.Second
 type acceptor struct {
 	srv     *Server
 	backoff time.Duration // current EMFILE back-off; poller goroutine only
+	spare   int           // reserve fd (/dev/null) given up to refuse a client at EMFILE; -1 if none
+}
+
+// openSpare reserves one fd for refusing clients cleanly when the process
+// is out of fds.
+func (a *acceptor) openSpare() {
+	fd, err := syscall.Open("/dev/null", syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		fd = -1
+	}
+	a.spare = fd
+}
+
+// refuseOne uses the reserve fd to take one pending connection off the
+// listen queue and answer it 503, so a client past the fd limit is refused
+// instead of left hanging. Reports whether it did.
+func (a *acceptor) refuseOne() bool {
+	if a.spare < 0 {
+		return false
+	}
+	syscall.Close(a.spare)
+	a.spare = -1
+	fd, _, err := syscall.Accept4(a.srv.lnFd, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
+	if err == nil {
+		a.srv.shedNow(fd)
+	}
+	a.openSpare()
+	return err == nil
 }
 
 // onEvent accepts up to a budget, then re-arms the listener. When the
@@ -253,6 +285,9 @@ func (a *acceptor) onEvent(ev netpoll.EpollEvent) {
 			continue
 		case errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOBUFS) || errors.Is(err, syscall.ENOMEM):
 			s.metrics.acceptErrors.Inc()
+			if a.refuseOne() {
+				continue // refused cleanly; the next one may fit again
+			}
 			a.backoff = min(max(2*a.backoff, 5*time.Millisecond), time.Second)
 			s.log.Warn("accept: out of resources; backing off", "err", err, "backoff", a.backoff)
 			time.AfterFunc(a.backoff, a.rearm)
