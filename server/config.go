@@ -200,6 +200,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	})
 	fs.DurationVar(&c.RoundInterval, "round-interval", d.RoundInterval, "shortest time between broadcast rounds; under load, messages in between share one write per client")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", d.ShutdownTimeout, "time allowed for close handshakes at shutdown")
+	fs.DurationVar(&c.CloseLinger, "close-linger", d.CloseLinger, "time a closing client has to read the close frame and answer it")
+	fs.IntVar(&c.OverloadQueue, "overload-queue", d.OverloadQueue, "worker-pool backlog that, sustained for 1s, sheds new connections with 503")
 }
 
 // ApplyEnv sets every flag not given on the command line from its environment
