@@ -407,7 +407,6 @@ func validUTF8Prefix(b []byte, complete bool) bool {
 
 // fail closes the connection because of what the peer sent.
 func (c *Conn) fail(code ws.StatusCode, reason string) {
-	c.srv.metrics.closed(code)
 	c.startClose(code, reason)
 }
 
@@ -418,6 +417,7 @@ func (c *Conn) startClose(code ws.StatusCode, reason string) {
 	if c.getPhase() == phaseClosing {
 		return
 	}
+	c.srv.metrics.closed(code)
 	c.srv.hub.leave(c)
 	c.msg, c.msgOp = nil, 0
 	c.deadline.Store(time.Now().Add(c.srv.cfg.CloseLinger).UnixNano())
@@ -445,6 +445,9 @@ func (c *Conn) teardown() {
 	}
 	c.torn = true
 	s := c.srv
+	if c.upgraded && c.getPhase() != phaseClosing {
+		s.metrics.closed(1006) // dropped without a close frame
+	}
 	s.hub.leave(c)
 	_ = s.ep.Del(c.fd)
 	c.wmu.Lock()

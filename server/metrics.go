@@ -60,7 +60,7 @@ func newMetrics(s *Server) *metrics {
 	m.messagesIn = counter("messages_received_total", "Text messages received from clients.")
 	m.published = counter("broadcasts_total", "Messages and notices accepted for broadcast.")
 	m.deliveries = counter("deliveries_total", "Broadcast messages handed to recipients (one per recipient).")
-	m.bytesOut = counter("bytes_out_total", "Bytes written to WebSocket clients.")
+	m.bytesOut = counter("sent_bytes_total", "Bytes written to WebSocket clients.")
 	m.rounds = counter("broadcast_rounds_total", "Fan-out rounds; each carries every message queued since the last.")
 	m.slowConsumers = counter("slow_consumer_disconnects_total", "Clients closed 1008 because their pending output passed -send-queue.")
 	m.rateLimited = counter("rate_limited_total", "Messages refused by the per-client rate limit.")
@@ -75,6 +75,13 @@ func newMetrics(s *Server) *metrics {
 		Help:    "Time from a message's publication to the end of its fan-out to every member.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12)})
 	m.reg.MustRegister(m.disconnects, m.timeouts, m.fanout)
+	// Start the common series at zero so dashboards see them before the first event.
+	for _, code := range []string{"1000", "1001", "1002", "1003", "1006", "1007", "1008", "1009", "1011"} {
+		m.disconnects.WithLabelValues(code)
+	}
+	for _, kind := range []string{"handshake", "join", "pong"} {
+		m.timeouts.WithLabelValues(kind)
+	}
 	gauge("connections", "Open connections owned by the reactor (handshaking, joining, joined, closing).",
 		func() float64 { return float64(s.nconns.Load()) })
 	gauge("members", "Clients joined to the chat.", func() float64 { return float64(s.hub.members()) })

@@ -364,7 +364,7 @@ func TestMetricsExposeTheRequiredSeries(t *testing.T) {
 	for _, name := range []string{
 		"go_goroutines", "gochat_connections 1", "gochat_messages_received_total 2",
 		"gochat_deliveries_total 2", "gochat_slow_consumer_disconnects_total 0", "gochat_pool_running",
-		"gochat_broadcast_latency_seconds_bucket", "gochat_bytes_out_total", "process_open_fds",
+		"gochat_broadcast_latency_seconds_bucket", "gochat_sent_bytes_total", "process_open_fds",
 	} {
 		if !strings.Contains(body, name) {
 			t.Errorf("/metrics lacks %q", name)

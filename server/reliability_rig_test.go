@@ -9,7 +9,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -449,27 +448,6 @@ func (rc *rawConn) closedByServer(timeout time.Duration) bool {
 	rc.nc.SetReadDeadline(time.Now().Add(timeout))
 	_, err := io.Copy(io.Discard, rc.br)
 	return err == nil || isClosedErr(err)
-}
-
-// echoClose reads until the close frame, sends a masked close echo (what a
-// polite client does) and returns the code, or -1 without a close frame.
-func (rc *rawConn) echoClose(timeout time.Duration) int {
-	for {
-		op, p, err := rc.readFrame(timeout)
-		if err != nil {
-			return -1
-		}
-		if op != 8 {
-			continue
-		}
-		code := 1005
-		if len(p) >= 2 {
-			code = int(binary.BigEndian.Uint16(p))
-		}
-		rc.nc.SetWriteDeadline(time.Now().Add(2 * time.Second))
-		rc.nc.Write(frame(true, 0, 8, true, p[:min(len(p), 2)]))
-		return code
-	}
 }
 
 // resetClose drops the connection with an RST instead of a FIN.
