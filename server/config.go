@@ -60,6 +60,11 @@ type Config struct {
 	// OverloadQueue is the worker-pool backlog (queued tasks) which, when
 	// sustained for a second, makes new connections be shed with 503.
 	OverloadQueue int
+	// NATS is the NATS URL (or comma-separated URLs) through which several
+	// gochat nodes share one chat; empty means a single node (cluster.go).
+	NATS string
+	// NATSSubject is the NATS subject the nodes of one chat share.
+	NATSSubject string
 }
 
 // Default values. Kept together so README and -h agree with the code.
@@ -78,6 +83,7 @@ const (
 	DefaultSendQueue        = 1 << 20
 	DefaultShutdownTimeout  = 5 * time.Second
 	DefaultCloseLinger      = 2 * time.Second
+	DefaultNATSSubject      = "gochat.room"
 )
 
 // maxHandshake caps the HTTP request head; larger requests get 431.
@@ -137,6 +143,9 @@ func (c Config) Defaults() Config {
 	if c.OverloadQueue == 0 {
 		c.OverloadQueue = 4096
 	}
+	if c.NATSSubject == "" {
+		c.NATSSubject = DefaultNATSSubject
+	}
 	return c
 }
 
@@ -157,6 +166,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("gochat: send-queue %d < 1024 bytes", c.SendQueue)
 	case c.JoinTimeout <= 0, c.PingInterval <= 0, c.PongTimeout <= 0, c.ShutdownTimeout <= 0, c.HandshakeTimeout <= 0:
 		return fmt.Errorf("gochat: timeouts and intervals must be positive")
+	case c.NATS != "" && !validSubject(c.NATSSubject):
+		return fmt.Errorf("gochat: nats-subject %q: want dot-separated tokens, no wildcards or spaces", c.NATSSubject)
 	}
 	for _, o := range c.Origins {
 		if !strings.HasPrefix(o, "http://") && !strings.HasPrefix(o, "https://") {
@@ -200,6 +211,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	})
 	fs.DurationVar(&c.RoundInterval, "round-interval", d.RoundInterval, "shortest time between broadcast rounds; under load, messages in between share one write per client")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", d.ShutdownTimeout, "time allowed for close handshakes at shutdown")
+	fs.StringVar(&c.NATS, "nats", d.NATS, "NATS URL to share the chat with other gochat nodes, e.g. nats://127.0.0.1:4222; empty: single node")
+	fs.StringVar(&c.NATSSubject, "nats-subject", d.NATSSubject, "NATS subject shared by the gochat nodes of one chat")
 	fs.DurationVar(&c.CloseLinger, "close-linger", d.CloseLinger, "time a closing client has to read the close frame and answer it")
 	fs.IntVar(&c.OverloadQueue, "overload-queue", d.OverloadQueue, "worker-pool backlog that, sustained for 1s, sheds new connections with 503")
 }

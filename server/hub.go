@@ -141,7 +141,21 @@ func (h *hub) publish(name string, content []byte) error {
 	return h.enqueue(name, content)
 }
 
+// enqueue broadcasts to the local members and, on a cluster, relays to the
+// other nodes (cluster.go). Messages from other nodes use enqueueLocal.
 func (h *hub) enqueue(name string, content []byte) error {
+	if err := h.enqueueLocal(name, content); err != nil {
+		return err
+	}
+	if cl := h.srv.cluster; cl != nil {
+		cl.publish(name, content)
+	}
+	return nil
+}
+
+// enqueueLocal queues a message for the local members. It only reads name
+// and content during the call.
+func (h *hub) enqueueLocal(name string, content []byte) error {
 	h.qmu.Lock()
 	if len(h.queue) > maxQueue {
 		h.qmu.Unlock()

@@ -4,8 +4,9 @@
 // member.
 //
 // Goroutines: one epoll wait loop (easygo), one keeper (timers), the pool's
-// workers (bounded by Config.Workers), and net/http's for the side routes.
-// None of them grows with the number of WebSocket connections.
+// workers (bounded by Config.Workers), net/http's for the side routes, and
+// with -nats one relay plus the NATS client's (cluster.go). None of them
+// grows with the number of WebSocket connections.
 package server
 
 import (
@@ -56,6 +57,8 @@ type Server struct {
 	served    chan struct{} // closed when Serve has returned
 
 	testHookMessage func([]byte) // tests inject faults into message handling
+
+	cluster *cluster // NATS relay to the other nodes; nil on a single node
 }
 
 // New validates cfg (after filling defaults), binds cfg.Addr and prepares the
@@ -122,6 +125,17 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	// Each request comes through the reactor on a fresh connection, so /ws
 	// is always routed to the upgrader, never to a kept-alive net/http conn.
 	s.http.SetKeepAlivesEnabled(false)
+	if cfg.NATS != "" {
+		if s.cluster, err = newCluster(s); err != nil {
+			s.ln.Close()
+			if s.accept.spare >= 0 {
+				_ = syscall.Close(s.accept.spare)
+			}
+			s.ep.Close()
+			s.pool.Close()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -178,6 +192,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	_ = s.http.Close()
 	_ = s.httpLn.Close()
+	if s.cluster != nil {
+		s.cluster.close() // relays what was sent before the drain, then drains NATS
+	}
 	s.pool.Close()
 	_ = s.ep.Close()
 	s.stopOnce.Do(func() { close(s.stop) })
