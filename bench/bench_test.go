@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"math"
 	"net"
 	"testing"
 	"time"
@@ -234,5 +235,104 @@ func TestReadFramesAllocs(t *testing.T) {
 	}
 	if got := c.deliveries.Load(); got != 6000 {
 		t.Fatalf("deliveries %d, want 6000", got)
+	}
+}
+
+// TestSoak runs a short soak: churn must replace clients, the slow clients
+// the server drops must be counted (and replaced), and a correct server
+// loses nothing.
+func TestSoak(t *testing.T) {
+	t.Parallel()
+	const conns = 50
+	ts := startTestServer(t, &testServer{presence: true, victim: -1, queue: 100, sndbuf: 4096})
+	cfg := testConfig(ts, conns)
+	cfg.Senders = 2
+	cfg.Rate = 50 // 100 messages/s of 1 KB: a non-reader fills the 100-message queue in about a second
+	cfg.Size = 1000
+	cfg.Duration = 3 * time.Second
+	cfg.Drain = 2 * time.Second
+	cfg.SlowPct = 4 // 2 slow slots
+	cfg.Churn = 10
+	cfg.Sample = 500 * time.Millisecond
+	var progress bytes.Buffer
+	cfg.Progress = &progress
+	res := run(t, runSoak, cfg)
+	measured, _, _ := ts.counters()
+	slowDropped := ts.slowConsumers(func(int) bool { return true })
+	t.Logf("churned %d slow evicted %d (server dropped %d) disconnected %d %v lost %d sent %d deliveries %d samples %d",
+		deref(res.Churned), deref(res.SlowEvicted), slowDropped, res.Disconnected, res.DisconnectCodes, res.Lost, res.Sent, res.Deliveries, len(res.Samples))
+
+	if res.Connected != conns || res.Unconfirmed != 0 {
+		t.Fatalf("connected %d unconfirmed %d", res.Connected, res.Unconfirmed)
+	}
+	if res.Sent == 0 || res.Sent != uint64(measured) {
+		t.Errorf("sent %d, server received %d", res.Sent, measured)
+	}
+	if deref(res.Churned) == 0 || res.ChurnCloseCodes["1000"] != deref(res.Churned) {
+		t.Errorf("churned %d, echo codes %v", deref(res.Churned), res.ChurnCloseCodes)
+	}
+	if res.Lost != 0 || res.OutOfOrder != 0 {
+		t.Errorf("lost %d out of order %d, want 0", res.Lost, res.OutOfOrder)
+	}
+	if ev := deref(res.SlowEvicted); ev == 0 || ev > slowDropped {
+		t.Errorf("slow evicted %d, server dropped %d slow consumers", ev, slowDropped)
+	}
+	if n := 0; true {
+		for _, v := range res.SlowCodes {
+			n += v
+		}
+		if n != deref(res.SlowEvicted) {
+			t.Errorf("slow codes %v do not add up to %d", res.SlowCodes, deref(res.SlowEvicted))
+		}
+	}
+	if len(res.Samples) < 4 || res.Samples[len(res.Samples)-1].Sent != res.Sent {
+		t.Errorf("%d samples, last %+v", len(res.Samples), res.Samples[len(res.Samples)-1])
+	}
+	if res.Deliveries < res.Sent*(conns/2) || res.Latency == nil {
+		t.Errorf("deliveries %d for %d sent, latency %+v", res.Deliveries, res.Sent, res.Latency)
+	}
+	if res.Baseline == nil || res.Peak == nil || res.After == nil {
+		t.Errorf("baseline %v peak %v after %v", res.Baseline, res.Peak, res.After)
+	}
+	if !bytes.Contains(progress.Bytes(), []byte("[soak ")) {
+		t.Errorf("no progress line: %q", progress.String())
+	}
+}
+
+func TestLatBuckets(t *testing.T) {
+	var l latCounts
+	for v := int64(1); v <= histMax; v = v*11/10 + 1 {
+		i := latIndex(v)
+		if i < 0 || i >= latBuckets {
+			t.Fatalf("latIndex(%d) = %d", v, i)
+		}
+		if mid := latValue(i); math.Abs(mid-float64(v)) > 0.035*float64(v)+0.5 {
+			t.Fatalf("latIndex(%d) = %d, midpoint %.1f", v, i, mid)
+		}
+		l[i]++
+	}
+	if _, ok := l.quantile(0.99); !ok {
+		t.Fatal("empty")
+	}
+}
+
+// TestSoakLossy checks the loss accounting against a server that drops
+// every 10th message for half of the receivers (no churn, no slow clients,
+// so every drop is owed to a client connected to the end).
+func TestSoakLossy(t *testing.T) {
+	t.Parallel()
+	const conns = 20
+	ts := startTestServer(t, &testServer{dropEvery: 10, victim: -1})
+	cfg := testConfig(ts, conns)
+	cfg.Duration = time.Second
+	cfg.Drain = 300 * time.Millisecond
+	cfg.Sample = 500 * time.Millisecond
+	res := run(t, runSoak, cfg)
+	_, droppedAlive, _ := ts.counters()
+	if droppedAlive == 0 || res.Lost != int64(droppedAlive) {
+		t.Errorf("lost %d, server dropped %d", res.Lost, droppedAlive)
+	}
+	if res.Disconnected != 0 || deref(res.Churned) != 0 || deref(res.SlowClients) != 0 {
+		t.Errorf("disconnected %d churned %d slow %d", res.Disconnected, deref(res.Churned), deref(res.SlowClients))
 	}
 }

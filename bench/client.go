@@ -81,6 +81,16 @@ type client struct {
 	lastDelivery int64
 	closeCode    int
 	endErr       error // what ended the connection, when no close frame did
+
+	// soak only (zero otherwise).
+	exited   chan struct{} // closed when the reader exits
+	confAt   atomic.Int64  // bench time of the first text frame: join confirmed
+	lost     atomic.Uint64 // measured messages missed (sequence gaps), see soak.go
+	seqSum   atomic.Int64  // Σ over senders of the highest sequence received
+	lat      *latHist      // latency buckets, read live by the sampler
+	latMax   int64         // µs, read after the reader exited
+	echoCode int           // close code the server echoed to our close, 0 = none
+	joinedAt int64         // bench time a replacement client's join was written
 }
 
 // frameError marks a protocol violation by the server.
@@ -91,8 +101,14 @@ func (e frameError) Error() string { return "server frame: " + string(e) }
 // readLoop reads frames until the connection ends.
 func (c *client) readLoop() {
 	defer c.f.wg.Done()
+	if c.exited != nil {
+		defer close(c.exited)
+	}
 	code, err := c.readFrames()
 	if c.closing.Load() {
+		if err == nil {
+			c.echoCode = code
+		}
 		return
 	}
 	c.closeCode, c.endErr = code, err
@@ -128,7 +144,9 @@ func (c *client) readFrames() (int, error) {
 				if n >= 2 {
 					code = int(binary.BigEndian.Uint16(p))
 				}
-				c.writeControl(ws.OpClose, p[:min(n, 2)])
+				if !c.closing.Load() { // else this is the echo of our close
+					c.writeControl(ws.OpClose, p[:min(n, 2)])
+				}
 				return code, nil
 			}
 			continue
@@ -167,6 +185,9 @@ func (c *client) handle(p []byte) {
 		c.unparsed++
 		return
 	}
+	if c.exited != nil && c.confAt.Load() == 0 {
+		c.confAt.Store(c.f.now())
+	}
 	if bytes.Equal(user, systemName) {
 		c.handleSystem(content)
 		return
@@ -185,6 +206,10 @@ func (c *client) handle(p []byte) {
 		now := c.f.now()
 		c.deliveries.Add(1)
 		c.lastDelivery = now
+		if s := c.f.soak; s != nil {
+			s.measured(c, bc, now)
+			return
+		}
 		if c.hist == nil {
 			c.hist = hdrhistogram.New(1, histMax, histSigFigs)
 		}
@@ -270,8 +295,12 @@ func (c *client) writeControl(op ws.OpCode, payload []byte) {
 func (c *client) sendBench(kind byte, seq int) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	ts := c.f.now()
+	if s := c.f.soak; s != nil && kind == kindMeasured {
+		s.logSend(c.id, seq, ts) // before the write, so no receiver sees it first
+	}
 	dst := append(c.sbuf[:0], `{"content":"`...)
-	dst = appendContent(dst, c.f.runID, kind, c.f.now(), c.id, seq, c.f.cfg.Size)
+	dst = appendContent(dst, c.f.runID, kind, ts, c.id, seq, c.f.cfg.Size)
 	c.sbuf = append(dst, `"}`...)
 	c.wbuf = appendFrame(c.wbuf[:0], ws.OpText, c.sbuf)
 	c.nc.SetWriteDeadline(time.Now().Add(c.f.cfg.Timeout))

@@ -43,6 +43,8 @@ type fleet struct {
 
 	errMu    sync.Mutex
 	dialErrs map[string]int
+
+	soak *soak // non-nil in the soak scenario
 }
 
 // newFleet prepares n clients; their structs exist before any dial so the

@@ -42,6 +42,12 @@ type Config struct {
 	Hold     time.Duration
 	Slow     int
 
+	// soak
+	SlowPct float64
+	Churn   float64
+	Sample  time.Duration
+	Settle  time.Duration
+
 	// Progress receives the live status line; nil disables it.
 	Progress io.Writer
 
@@ -72,6 +78,16 @@ var scenarios = map[string]scenario{
 			fs.Lookup("size").DefValue = "1000"
 			c.Size = 1000
 		}},
+	"soak": {runSoak, "hours-style endurance run: -senders send for -duration while -churn clients/s reconnect and -slow-pct never read; samples the server every -sample",
+		func(fs *flag.FlagSet, c *Config) {
+			trafficFlags(fs, c)
+			fs.Lookup("duration").DefValue = "30m0s"
+			c.Duration = 30 * time.Minute
+			fs.Float64Var(&c.SlowPct, "slow-pct", 1, "percent of -conns that join and never read; each one the server evicts is replaced by a new slow client")
+			fs.Float64Var(&c.Churn, "churn", 20, "healthy non-sender clients per second that close (1000) and are replaced by a new client with a fresh username")
+			fs.DurationVar(&c.Sample, "sample", 10*time.Second, "interval of the progress line and of the time-series rows")
+			fs.DurationVar(&c.Settle, "settle", 30*time.Second, "after closing every client, wait at most this long for the server's gochat_connections to reach 0")
+		}},
 }
 
 func trafficFlags(fs *flag.FlagSet, c *Config) {
@@ -97,7 +113,7 @@ func commonFlags(fs *flag.FlagSet, c *Config) {
 
 func usage() {
 	fmt.Fprintf(os.Stderr, "usage: bench <subcommand> [flags]\n\nSubcommands:\n")
-	for _, name := range []string{"idle", "broadcast", "storm", "slow"} {
+	for _, name := range []string{"idle", "broadcast", "storm", "slow", "soak"} {
 		fmt.Fprintf(os.Stderr, "  %-10s %s\n", name, scenarios[name].usage)
 	}
 	fmt.Fprintf(os.Stderr, "\nRun 'bench <subcommand> -h' for its flags.\n")

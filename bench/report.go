@@ -50,6 +50,30 @@ func writeTable(w io.Writer, r *Result) error {
 		row("drain", "%.3fs from first dial to last notice  (%.0f notices/s)", deref(r.DrainSeconds), r.DeliveriesPerSec)
 	case "idle":
 		row("alive after hold", "%d", r.Receivers)
+	case "soak":
+		row("sent", "%d  (%d senders, %d send errors)", r.Sent, r.Senders, r.SendErrors)
+		row("deliveries", "%d  (%.0f/s over %.2fs)", r.Deliveries, r.DeliveriesPerSec, r.DurationSeconds)
+		row("lost", "%d  (messages owed to healthy clients after their join was confirmed; %d of them connected at the end)", r.Lost, r.Receivers)
+		if r.OutOfOrder > 0 {
+			row("out of order / dup", "%d", r.OutOfOrder)
+		}
+		if l := r.Latency; l != nil {
+			row("latency ms", "p50 %.2f  p90 %.2f  p99 %.2f  max %.2f  (%d samples, ±3%%)", l.P50, l.P90, l.P99, l.Max, l.Count)
+		}
+		row("churned", "%d  (closed 1000 and replaced; server echo codes:%s; %d ticks skipped)",
+			deref(r.Churned), strings.TrimSuffix(strings.TrimPrefix(codes(r.ChurnCloseCodes), "  (close codes:"), ")"), deref(r.ChurnSkipped))
+		row("slow evicted", "%d  (%d slow slots, each refilled)%s; the server counted %s slow-consumer closes",
+			deref(r.SlowEvicted), deref(r.SlowClients), codes(r.SlowCodes), optInt(r.ServerSlowConsumers))
+		for _, k := range sortedKeys(r.SlowWhy) {
+			row("  slow disconnect error", "%d × %s", r.SlowWhy[k], k)
+		}
+		row("healthy disconnected", "%d  (by the server; replaced)", deref(r.HealthyDisconnected))
+		if deref(r.ReplaceFailed) > 0 {
+			row("replacement dials failed", "%d", *r.ReplaceFailed)
+			for _, k := range sortedKeys(r.ReplaceErrors) {
+				row("  replace error", "%d × %s", r.ReplaceErrors[k], k)
+			}
+		}
 	}
 	if r.ServerErrors > 0 {
 		row("server Error: replies", "%d  (e.g. rate limit: start the server with a higher -rate/-burst)", r.ServerErrors)
@@ -61,7 +85,7 @@ func writeTable(w io.Writer, r *Result) error {
 	for _, k := range sortedKeys(r.DisconnectWhy) {
 		row("  disconnect error", "%d × %s", r.DisconnectWhy[k], k)
 	}
-	if r.SlowClients != nil {
+	if r.SlowClients != nil && r.Scenario != "soak" {
 		row("slow clients", "%d, disconnected by the server: %d%s", *r.SlowClients, deref(r.SlowDisconnected), codes(r.SlowCodes))
 		for _, k := range sortedKeys(r.SlowWhy) {
 			row("  slow disconnect error", "%d × %s", r.SlowWhy[k], k)
@@ -97,7 +121,54 @@ func writeTable(w io.Writer, r *Result) error {
 	if s == (ServerStats{}) {
 		row("server", "not observed (no -pid and no reachable -metrics)")
 	}
+	if r.Baseline != nil {
+		row("", "")
+		row("server", "baseline\tpeak\tafter  (settled %.1fs, gochat_connections %s)", deref(r.SettleSeconds), optInt(r.ConnectionsAfter))
+		b, p, a := r.Baseline, r.Peak, r.After
+		optMiB := func(v *uint64) string {
+			if v == nil {
+				return "-"
+			}
+			return mib(float64(*v))
+		}
+		row("  rss", "%s\t%s\t%s", optMiB(b.RSSBytes), optMiB(p.RSSBytes), optMiB(a.RSSBytes))
+		row("  goroutines", "%s\t%s\t%s", optInt(b.Goroutines), optInt(p.Goroutines), optInt(a.Goroutines))
+		row("  fds", "%s\t%s\t%s", optInt(b.FDs), optInt(p.FDs), optInt(a.FDs))
+		row("  cpu seconds", "%s\t%s\t%s", optF(b.CPUSeconds), optF(p.CPUSeconds), optF(a.CPUSeconds))
+	}
+	if err := tw.Flush(); err != nil || len(r.Samples) == 0 {
+		return err
+	}
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(w)
+	fmt.Fprintln(tw, "elapsed\trss MiB\tgoroutines\tfds\tcpu s\tconnected\tdeliveries/s\tlost\tp99 ms\tchurned\tslow evicted\t")
+	for _, x := range r.Samples {
+		rss := "-"
+		if x.RSSBytes != nil {
+			rss = fmt.Sprintf("%.1f", float64(*x.RSSBytes)/(1<<20))
+		}
+		p99 := "-"
+		if x.P99Ms != nil {
+			p99 = fmt.Sprintf("%.1f", *x.P99Ms)
+		}
+		fmt.Fprintf(tw, "%.0fs\t%s\t%s\t%s\t%s\t%d\t%.0f\t%d\t%s\t%d\t%d\t\n", x.ElapsedSeconds, rss, optInt(x.Goroutines), optInt(x.FDs),
+			optF(x.CPUSeconds), x.Connected, x.DeliveriesPerSec, x.Lost, p99, x.Churned, x.SlowEvicted)
+	}
 	return tw.Flush()
+}
+
+func optInt(p *int) string {
+	if p == nil {
+		return "-"
+	}
+	return fmt.Sprint(*p)
+}
+
+func optF(p *float64) string {
+	if p == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", *p)
 }
 
 func pct(n int64, of uint64) string {

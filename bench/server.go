@@ -45,14 +45,22 @@ func newSampler(pid int, metricsURL string) *sampler {
 // sample prefers /proc, which is exact and costs the server nothing, and
 // fills what is still unknown from /metrics.
 func (s *sampler) sample(ctx context.Context) serverSample {
+	out, _ := s.sampleMetrics(ctx)
+	return out
+}
+
+// sampleMetrics is sample that also returns the unlabelled /metrics
+// samples it fetched (nil without -metrics).
+func (s *sampler) sampleMetrics(ctx context.Context) (serverSample, map[string]float64) {
 	var out serverSample
 	if s.pid > 0 {
 		out.RSS = procRSS(s.pid)
 		out.CPU = procCPU(s.pid)
 		out.FDs = procFDs(s.pid)
 	}
+	var m map[string]float64
 	if s.metricsURL != "" {
-		m := s.metrics(ctx)
+		m = s.metrics(ctx)
 		if v, ok := m["process_resident_memory_bytes"]; ok && out.RSS == nil {
 			out.RSS = ptr(uint64(v))
 		}
@@ -66,7 +74,7 @@ func (s *sampler) sample(ctx context.Context) serverSample {
 			out.Goroutines = ptr(int(v))
 		}
 	}
-	return out
+	return out, m
 }
 
 // metrics fetches /metrics and returns the unlabelled samples.

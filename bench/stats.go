@@ -59,6 +59,22 @@ type Result struct {
 	// SlowBacklog is how many measured messages the slow clients still
 	// found queued for them when they finally read (before the close).
 	SlowBacklog *uint64 `json:"slow_backlog_delivered,omitempty"`
+
+	// soak
+	Baseline            *ServerStats   `json:"baseline,omitempty"`
+	Peak                *ServerStats   `json:"peak,omitempty"`
+	After               *ServerStats   `json:"after,omitempty"`
+	Samples             []SoakSample   `json:"samples,omitempty"`
+	Churned             *int           `json:"churned,omitempty"`
+	ChurnCloseCodes     map[string]int `json:"churn_close_codes,omitempty"`
+	ChurnSkipped        *uint64        `json:"churn_skipped,omitempty"`
+	SlowEvicted         *int           `json:"slow_evicted,omitempty"`
+	ServerSlowConsumers *int           `json:"server_slow_consumer_disconnects,omitempty"`
+	HealthyDisconnected *int           `json:"healthy_disconnected,omitempty"`
+	ReplaceFailed       *int           `json:"replace_failed,omitempty"`
+	ReplaceErrors       map[string]int `json:"replace_errors,omitempty"`
+	SettleSeconds       *float64       `json:"settle_seconds,omitempty"`
+	ConnectionsAfter    *int           `json:"server_connections_after,omitempty"`
 }
 
 // ServerStats are the server's figures at the end of the measured window;

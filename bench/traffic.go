@@ -173,7 +173,9 @@ func (f *fleet) sendAll(ctx context.Context, cfg *Config) uint64 {
 				}
 				if err := c.sendBench(kindMeasured, seq); err != nil {
 					errs[i]++
-					if !isTimeout(err) {
+					// soak: a half-written frame would leave a gap in
+					// the sequence that no receiver could be blamed for.
+					if !isTimeout(err) || f.soak != nil {
 						return
 					}
 				} else {
