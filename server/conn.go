@@ -527,38 +527,36 @@ func (c *Conn) flushLocked() {
 // nothing is pending (the batch is shared by every recipient, so this path
 // copies nothing), else appended to the pending output. It never waits on
 // the peer. Called by hub fan-out tasks. Reports whether the batch was
-// accepted.
-func (c *Conn) deliver(batch []byte) bool {
+// accepted, and the bytes written now (the caller sums them into the
+// metrics once per shard, keeping a shared atomic off the per-write path).
+func (c *Conn) deliver(batch []byte) (ok bool, written int) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.closeSent || c.fdClosed {
-		return false
+		return false, 0
 	}
 	if len(c.out) > 0 {
 		if len(c.out)+len(batch) > c.srv.cfg.SendQueue {
 			c.slowLocked()
-			return false
+			return false, 0
 		}
 		c.out = append(c.out, batch...)
-		return true
+		return true, 0
 	}
 	for {
 		n, err := syscall.Write(c.fd, batch)
-		if n > 0 {
-			c.srv.metrics.bytesOut.Add(float64(n))
-		}
 		switch {
 		case n == len(batch):
-			return true
+			return true, n
 		case n > 0 || err == syscall.EAGAIN:
 			c.out = append(c.out, batch[max(n, 0):]...)
 			c.armLocked()
-			return true
+			return true, max(n, 0)
 		case err == syscall.EINTR:
 			continue
 		default:
 			c.requestCloseLocked(forceClose)
-			return false
+			return false, 0
 		}
 	}
 }

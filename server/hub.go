@@ -239,15 +239,18 @@ func (sh *shard) Run() {
 	sh.mu.Lock()
 	sh.snap = append(sh.snap[:0], sh.members...)
 	sh.mu.Unlock()
-	n := 0
+	n, written := 0, 0
 	for i, c := range sh.snap {
-		if c.deliver(h.batch) {
+		ok, w := c.deliver(h.batch)
+		if ok {
 			n++
 		}
+		written += w
 		sh.snap[i] = nil
 	}
 	if n > 0 {
 		h.srv.metrics.deliveries.Add(float64(n * h.batchFrames))
+		h.srv.metrics.bytesOut.Add(float64(written))
 	}
 	h.shardDone()
 }
