@@ -418,6 +418,7 @@ func (c *Conn) startClose(code ws.StatusCode, reason string) {
 		return
 	}
 	c.srv.metrics.closed(code)
+	c.srv.log.Debug("close", "fd", c.fd, "code", int(code))
 	c.srv.hub.leave(c)
 	c.msg, c.msgOp = nil, 0
 	c.deadline.Store(time.Now().Add(c.srv.cfg.CloseLinger).UnixNano())
@@ -447,6 +448,7 @@ func (c *Conn) teardown() {
 	s := c.srv
 	if c.upgraded && c.getPhase() != phaseClosing {
 		s.metrics.closed(1006) // dropped without a close frame
+		s.log.Debug("dropped", "fd", c.fd)
 	}
 	s.hub.leave(c)
 	_ = s.ep.Del(c.fd)

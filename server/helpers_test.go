@@ -37,23 +37,7 @@ type testServer struct {
 // to a free loopback port) and shuts it down when the test ends.
 func startServer(t testing.TB, cfg Config) *testServer {
 	t.Helper()
-	cfg.Addr = "127.0.0.1:0"
-	s, err := New(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Serve() }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = s.Shutdown(ctx)
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	addr := s.Addr().String()
-	return &testServer{Server: s, url: "ws://" + addr + "/ws", base: "http://" + addr}
+	return startServerOpts(t, cfg, rigOpts{})
 }
 
 // chatMsg is a server message.
