@@ -187,19 +187,9 @@ func TestE2EBrowserChat(t *testing.T) {
 
 // ---- server process -------------------------------------------------------
 
-// buildGochat builds the real binary from this package into a temp dir.
-func buildGochat(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "gochat")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, ".")
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
+// buildGochat returns the real binary, built once per test run
+// (relBinary in reliability_process_test.go).
+func buildGochat(t *testing.T) string { return relBinary(t) }
 
 func freeLoopbackAddr(t *testing.T) string {
 	t.Helper()

@@ -73,26 +73,9 @@ type relProc struct {
 	t    *testing.T
 	cmd  *exec.Cmd
 	addr string
-	out  *relLog
+	out  *lockedBuffer
 	done chan struct{}
 	err  error // exit status, valid after done
-}
-
-type relLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *relLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *relLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // relStart runs the server on a free loopback port; nofile > 0 lowers its
@@ -110,7 +93,7 @@ func relStart(t *testing.T, nofile int, args ...string) *relProc {
 		addr := l.Addr().String()
 		l.Close()
 		full := append([]string{"-addr", addr}, args...)
-		p := &relProc{t: t, addr: addr, out: &relLog{}, done: make(chan struct{})}
+		p := &relProc{t: t, addr: addr, out: &lockedBuffer{}, done: make(chan struct{})}
 		if nofile > 0 {
 			p.cmd = exec.Command("sh", append([]string{"-c", fmt.Sprintf(`ulimit -n %d && exec "$0" "$@"`, nofile), bin}, full...)...)
 		} else {
