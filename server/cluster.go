@@ -21,7 +21,7 @@ import (
 // subject, and what other nodes publish there is broadcast to the local
 // members only (never republished).
 //
-// Hot path. hub.enqueue hands each accepted message to publish, which only
+// Hot path. hub.publish hands each accepted message to publish, which only
 // appends a compact binary record to an in-memory queue under a mutex: no
 // JSON, no per-recipient work, and no worker ever writes to the NATS socket.
 // One relay goroutine takes the whole queue at a time and publishes it as a

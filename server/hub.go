@@ -17,8 +17,9 @@ import (
 // one batch and fans it out, each shard of members on its own worker, one
 // write(2) per member carrying the whole batch. At most one round is in
 // flight, which keeps every sender's messages in order at every receiver;
-// under load, messages that arrive during a round make the next batch
-// larger, so the cost per message falls as the load rises.
+// under load, messages that arrive during a round (and the short rest after
+// it, see nextRound) make the next batch larger, so the cost per message
+// falls as the load rises.
 //
 // Lock order: namesMu, then shard.mu. qmu and Conn.wmu are never held with
 // another hub lock.
@@ -34,7 +35,7 @@ type hub struct {
 	queue    []byte     // frames waiting for the next round
 	queued   int        // frames in queue
 	queuedAt time.Time  // when the oldest frame in queue was published
-	running  bool       // a round is in flight
+	running  bool       // a round is in flight, or due on a timer (nextRound)
 	batch    []byte     // the round's frames; read-only while running
 	spare    []byte     // the previous round's buffer, reused
 
@@ -132,18 +133,14 @@ func (h *hub) members() int {
 func (h *hub) notice(name, what string) {
 	var b [maxUsername*4 + 32]byte
 	content := append(append(b[:0], name...), what...)
-	_ = h.enqueue(systemName, content)
+	_ = h.publish(systemName, content)
 }
 
-// publish broadcasts a chat message from name to every member, the sender
-// included. Safe for concurrent use.
+// publish broadcasts a message from name (a member or System) to every
+// member, the sender included, and on a cluster relays it to the other
+// nodes (cluster.go); messages from other nodes use enqueueLocal. Safe for
+// concurrent use.
 func (h *hub) publish(name string, content []byte) error {
-	return h.enqueue(name, content)
-}
-
-// enqueue broadcasts to the local members and, on a cluster, relays to the
-// other nodes (cluster.go). Messages from other nodes use enqueueLocal.
-func (h *hub) enqueue(name string, content []byte) error {
 	if err := h.enqueueLocal(name, content); err != nil {
 		return err
 	}
