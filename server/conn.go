@@ -126,7 +126,7 @@ func (c *Conn) schedule() {
 
 // requestClose asks the owner to close the connection with code (plus
 // forceClose to drop it without a handshake). The first request wins. Safe
-// for concurrent use.
+// for concurrent use, also with wmu held: scheduling never takes wmu.
 func (c *Conn) requestClose(req uint32) {
 	if c.closeReq.CompareAndSwap(0, req) || req&forceClose != 0 {
 		if req&forceClose != 0 {
@@ -519,7 +519,7 @@ func (c *Conn) flushLocked() {
 			c.armLocked() // wake the owner when writable
 		default:
 			c.out = nil // the peer is gone; the read side sees it too
-			c.requestCloseLocked(forceClose)
+			c.requestClose(forceClose)
 		}
 		return
 	}
@@ -557,7 +557,7 @@ func (c *Conn) deliver(batch []byte) (ok bool, written int) {
 		case err == syscall.EINTR:
 			continue
 		default:
-			c.requestCloseLocked(forceClose)
+			c.requestClose(forceClose)
 			return false, 0
 		}
 	}
@@ -571,12 +571,8 @@ func (c *Conn) slowLocked() {
 		return
 	}
 	c.srv.metrics.slowConsumers.Inc()
-	c.requestCloseLocked(uint32(ws.StatusPolicyViolation))
+	c.requestClose(uint32(ws.StatusPolicyViolation))
 }
-
-// requestCloseLocked is requestClose for callers that hold wmu; scheduling
-// never takes wmu, so it is safe.
-func (c *Conn) requestCloseLocked(req uint32) { c.requestClose(req) }
 
 // sendPing queues a keepalive ping. Called by the keeper.
 func (c *Conn) sendPing(now int64) {
