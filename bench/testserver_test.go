@@ -33,6 +33,10 @@ type testServer struct {
 	// queue is each client's outbound queue in messages; a client whose
 	// queue is full is a slow consumer and gets dropped (0 = 4096).
 	queue int
+	// slowFrom > 0 gives queue only to bench ids >= slowFrom (the clients
+	// that never read); the others get 4096, so a slow -race run cannot
+	// make a reading client overflow.
+	slowFrom int
 	// sndbuf > 0 sets SO_SNDBUF on accepted connections so that clients
 	// that do not read back up quickly.
 	sndbuf int
@@ -113,7 +117,11 @@ func (ts *testServer) serveWS(w http.ResponseWriter, r *http.Request) {
 	if _, num, ok := strings.Cut(join.Username, "_"); ok {
 		id, _ = strconv.Atoi(num)
 	}
-	c := &tsClient{id: id, name: join.Username, conn: conn, out: make(chan []byte, ts.queue)}
+	q := ts.queue
+	if ts.slowFrom > 0 && id < ts.slowFrom {
+		q = 4096
+	}
+	c := &tsClient{id: id, name: join.Username, conn: conn, out: make(chan []byte, q)}
 	go ts.writeLoop(ctx, c)
 
 	ts.mu.Lock()

@@ -173,7 +173,14 @@ func TestQueuedBroadcastsLeaveInOneRoundAndOneWrite(t *testing.T) {
 		}
 	}
 	// The first message started a round on its own; the 49 published while
-	// it waited for a worker went out together in the next one.
+	// it waited for a worker went out together in the next one. (The frames
+	// can arrive before the round's other shard tasks end: wait for the hub
+	// to go idle before counting.)
+	waitUntil(t, "hub idle", func() bool {
+		s.hub.qmu.Lock()
+		defer s.hub.qmu.Unlock()
+		return !s.hub.running
+	})
 	if got := s.hub.roundsDone.Load() - rounds; got != 2 {
 		t.Fatalf("50 messages took %d rounds, want 2", got)
 	}
