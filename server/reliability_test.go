@@ -1330,6 +1330,12 @@ func rel35Storm(t *testing.T) {
 		}
 	})
 	eventually(t, 60*time.Second, "second generation joined", func() bool { return r.s.hub.members() == n+1 })
+	// A member is registered just before its join notice is published (by
+	// its own task): wait for all 2n notices before the control's marker,
+	// which is only ordered after its own earlier messages.
+	eventually(t, 60*time.Second, "every notice published", func() bool {
+		return counterValue(r.s.metrics.published)-pub0 >= float64(2*n)
+	})
 	seen := r.ctl.marker()
 	pub, rounds := counterValue(r.s.metrics.published)-pub0, counterValue(r.s.metrics.rounds)-rounds0
 	t.Logf("storm of %d leaves + %d joins: %v broadcasts in %v rounds; largest pending output %d", n, n, pub, rounds, maxPendingOut(r.s.Server))
