@@ -230,6 +230,25 @@ func (f *fleet) unconfirmed() int {
 	return n
 }
 
+// connectConfirmed connects every client (isSlow picks the ones that never
+// read; nil for none), records the ramp-up in res, then proves the joins
+// were registered with barrier messages, recording how many reading clients
+// never saw one. One barrier costs one delivery per connection.
+func (f *fleet) connectConfirmed(ctx context.Context, isSlow func(int) bool, prog *progress, res *Result) error {
+	err := f.connect(ctx, isSlow)
+	res.fillConnect(f)
+	if err != nil {
+		return err
+	}
+	prog.setPhase("barrier")
+	first := f.firstAlive()
+	if first == nil {
+		return errors.New("no client connected")
+	}
+	res.Unconfirmed = f.waitBarrier(ctx, first)
+	return ctx.Err()
+}
+
 // firstAlive returns the first live reading client, or nil.
 func (f *fleet) firstAlive() *client {
 	for _, c := range f.clients {

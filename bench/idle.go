@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"time"
 )
 
@@ -18,19 +17,9 @@ func runIdle(ctx context.Context, cfg *Config) (Result, error) {
 	defer f.closeAll()
 
 	before := smp.sample(ctx)
-	err := f.connect(ctx, nil)
-	res.fillConnect(f)
-	if err != nil {
+	if err := f.connectConfirmed(ctx, nil, prog, &res); err != nil {
 		return res, err
 	}
-	prog.setPhase("barrier")
-	first := f.firstAlive()
-	if first == nil {
-		return res, errors.New("no client connected")
-	}
-	// One barrier message proves the joins were registered; it costs one
-	// delivery per connection, nothing compared to the hold.
-	res.Unconfirmed = f.waitBarrier(ctx, first)
 
 	prog.setPhase("hold")
 	select {

@@ -646,13 +646,10 @@ func runSoak(ctx context.Context, cfg *Config) (Result, error) {
 	if cfg.SlowPct > 0 {
 		slowN = max(slowN, 1)
 	}
+	if err := checkTraffic(cfg, slowN); err != nil {
+		return res, err
+	}
 	switch {
-	case cfg.Senders <= 0 || cfg.Rate <= 0:
-		return res, errors.New("-senders and -rate must be > 0")
-	case cfg.Senders+slowN > cfg.Conns:
-		return res, fmt.Errorf("-senders (%d) + slow clients (%d) exceed -conns (%d)", cfg.Senders, slowN, cfg.Conns)
-	case cfg.Size < minContent:
-		return res, fmt.Errorf("-size must be at least %d bytes (the latency header)", minContent)
 	case cfg.Sample <= 0 || cfg.Duration <= 0:
 		return res, errors.New("-sample and -duration must be > 0")
 	case cfg.Churn < 0 || cfg.SlowPct < 0:
@@ -676,17 +673,7 @@ func runSoak(ctx context.Context, cfg *Config) (Result, error) {
 	s.senders = f.clients[:cfg.Senders:cfg.Senders]
 
 	prog := startProgress(f, cfg.Progress)
-	err := f.connect(ctx, isSlow)
-	res.fillConnect(f)
-	if err == nil {
-		prog.setPhase("barrier")
-		if first := f.firstAlive(); first == nil {
-			err = errors.New("no client connected")
-		} else {
-			res.Unconfirmed = f.waitBarrier(ctx, first)
-			err = ctx.Err()
-		}
-	}
+	err := f.connectConfirmed(ctx, isSlow, prog, &res)
 	prog.end()
 	if err != nil {
 		f.closeAll()

@@ -28,15 +28,24 @@ func runSlow(ctx context.Context, cfg *Config) (Result, error) {
 	return runTraffic(ctx, cfg, "slow", cfg.Slow)
 }
 
-func runTraffic(ctx context.Context, cfg *Config, scenario string, slow int) (Result, error) {
-	res := Result{Scenario: scenario, Senders: cfg.Senders}
+// checkTraffic validates the flags shared by the scenarios that send:
+// slow clients never read, so they cannot be senders.
+func checkTraffic(cfg *Config, slow int) error {
 	switch {
 	case cfg.Senders <= 0 || cfg.Rate <= 0:
-		return res, errors.New("-senders and -rate must be > 0")
+		return errors.New("-senders and -rate must be > 0")
 	case cfg.Senders+slow > cfg.Conns:
-		return res, fmt.Errorf("-senders (%d) + -slow (%d) exceed -conns (%d)", cfg.Senders, slow, cfg.Conns)
+		return fmt.Errorf("-senders (%d) + slow clients (%d) exceed -conns (%d)", cfg.Senders, slow, cfg.Conns)
 	case cfg.Size < minContent:
-		return res, fmt.Errorf("-size must be at least %d bytes (the latency header)", minContent)
+		return fmt.Errorf("-size must be at least %d bytes (the latency header)", minContent)
+	}
+	return nil
+}
+
+func runTraffic(ctx context.Context, cfg *Config, scenario string, slow int) (Result, error) {
+	res := Result{Scenario: scenario, Senders: cfg.Senders}
+	if err := checkTraffic(cfg, slow); err != nil {
+		return res, err
 	}
 	f := newFleet(cfg, cfg.Conns)
 	f.senders = cfg.Senders
@@ -46,18 +55,7 @@ func runTraffic(ctx context.Context, cfg *Config, scenario string, slow int) (Re
 	defer prog.end()
 	defer f.closeAll()
 
-	err := f.connect(ctx, isSlow)
-	res.fillConnect(f)
-	if err != nil {
-		return res, err
-	}
-	prog.setPhase("barrier")
-	first := f.firstAlive()
-	if first == nil {
-		return res, errors.New("no client connected")
-	}
-	res.Unconfirmed = f.waitBarrier(ctx, first)
-	if err := ctx.Err(); err != nil {
+	if err := f.connectConfirmed(ctx, isSlow, prog, &res); err != nil {
 		return res, err
 	}
 
