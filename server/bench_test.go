@@ -7,9 +7,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"unicode/utf8"
 
 	"github.com/gobwas/ws"
+
+	"gochat/server/internal/chatmsg"
+	"gochat/server/internal/wsframe"
 )
 
 // newIdleServer is a Server that is bound but not serving: enough for the
@@ -61,19 +63,20 @@ func BenchmarkReadChatMessage(b *testing.B) {
 	b.SetBytes(int64(len(wire)))
 	for b.Loop() {
 		copy(data, wire)
-		h, ok, code := parseHeader(data, DefaultMaxMessage)
-		if !ok || code != 0 {
+		h, ok, violation := wsframe.ParseHeader(data, DefaultMaxMessage)
+		if !ok || violation != nil {
 			b.Fatal("bad header")
 		}
-		p := data[h.size : h.size+int(h.length)]
-		ws.Cipher(p, h.mask, 0)
-		if !utf8.Valid(p) {
+		p := data[h.Size : h.Size+int(h.Length)]
+		ws.Cipher(p, h.Mask, 0)
+		var u wsframe.UTF8Checker
+		if !u.Check(p, true) {
 			b.Fatal("utf-8")
 		}
-		var m clientMsg
+		var m chatmsg.Message
 		var err error
-		m, scratch, err = parseClientMsg(p, scratch)
-		if err != nil || !m.hasContent {
+		m, scratch, err = chatmsg.Parse(p, scratch)
+		if err != nil || !m.HasContent {
 			b.Fatal(err)
 		}
 	}
@@ -87,15 +90,17 @@ func clientFrame(payload string) []byte {
 // drained between measured stretches (drain), so only the server side's
 // cost is in the numbers.
 type broadcastRig struct {
-	s   *Server
-	far []int
-	buf []byte
+	s    *Server
+	near []int
+	far  []int
+	buf  []byte
 }
 
 func newBroadcastRig(tb testing.TB, n int) *broadcastRig {
 	tb.Helper()
-	s := newIdleServer(tb, Config{Workers: 2})
-	s.hub.maxRest = 0 // measure the fan-out itself, not the pacing
+	off := false
+	s := newIdleServer(tb, Config{Workers: 2, Presence: &off})
+	s.hub.SetMaxRest(0) // measure the fan-out itself, not the pacing
 	r := &broadcastRig{s: s, buf: make([]byte, 256<<10)}
 	now := time.Now().UnixNano()
 	for i := range n {
@@ -106,17 +111,17 @@ func newBroadcastRig(tb testing.TB, n int) *broadcastRig {
 		syscall.SetNonblock(fds[0], true)
 		syscall.SetNonblock(fds[1], true)
 		c := newConn(s, fds[0], now)
-		c.phase.Store(uint32(phaseJoined))
-		if err := s.hub.join(c, fmt.Sprint("m", i), fmt.Sprint("m", i)); err != nil {
-			tb.Fatal(err)
+		c.phase.Store(uint32(phaseJoining))
+		c.sess.OnMessage(fmt.Appendf(nil, `{"username":"m%d"}`, i), now) // the real join path
+		if c.getPhase() != phaseJoined {
+			tb.Fatalf("member %d did not join", i)
 		}
+		r.near = append(r.near, fds[0])
 		r.far = append(r.far, fds[1])
 	}
 	tb.Cleanup(func() {
-		for i := range s.hub.shards {
-			for _, c := range s.hub.shards[i].members {
-				syscall.Close(c.fd)
-			}
+		for _, fd := range r.near {
+			syscall.Close(fd)
 		}
 		for _, fd := range r.far {
 			syscall.Close(fd)
@@ -138,11 +143,11 @@ func (r *broadcastRig) drain() {
 
 // publishAndWait broadcasts one message and waits for its round to end.
 func (r *broadcastRig) publishAndWait(content []byte) {
-	done := r.s.hub.roundsDone.Load()
-	if err := r.s.hub.publish("alice", content); err != nil {
+	done := r.s.hub.Rounds()
+	if err := r.s.hub.Publish("alice", content); err != nil {
 		panic(err)
 	}
-	for r.s.hub.roundsDone.Load() == done {
+	for r.s.hub.Rounds() == done {
 		runtime.Gosched()
 	}
 }

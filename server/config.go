@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"gochat/server/internal/natsrelay"
 )
 
 // Config is the whole of gochat's configuration. The zero value of every field
@@ -166,7 +168,7 @@ func (c Config) Validate() error {
 		return fmt.Errorf("gochat: send-queue %d < 1024 bytes", c.SendQueue)
 	case c.JoinTimeout <= 0, c.PingInterval <= 0, c.PongTimeout <= 0, c.ShutdownTimeout <= 0, c.HandshakeTimeout <= 0:
 		return fmt.Errorf("gochat: timeouts and intervals must be positive")
-	case c.NATS != "" && !validSubject(c.NATSSubject):
+	case c.NATS != "" && !natsrelay.ValidSubject(c.NATSSubject):
 		return fmt.Errorf("gochat: nats-subject %q: want dot-separated tokens, no wildcards or spaces", c.NATSSubject)
 	}
 	for _, o := range c.Origins {

@@ -3,7 +3,6 @@ package server
 import (
 	"bytes"
 	"net"
-	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -25,10 +24,11 @@ func (s *Server) handshake(c *Conn, head, rest []byte) bool {
 	up := upgraders.Get().(*upgrader)
 	defer upgraders.Put(up)
 	up.reset(s, head)
-	err := up.upgrade()
-	c.writeRaw(up.out)
+	resp, err := up.upgrade()
+	c.wmu.Lock()
+	c.writeFixedLocked(resp)
+	c.wmu.Unlock()
 	if err != nil {
-		s.metrics.handshakeRejects.Inc()
 		c.teardown()
 		return false
 	}
@@ -102,28 +102,28 @@ func (up *upgrader) reset(s *Server, head []byte) {
 	up.hasOrg = false
 }
 
-// upgrade runs gobwas's handshake on the head given to reset and leaves the
-// response in up.out.
-func (up *upgrader) upgrade() error {
-	_, err := up.u.Upgrade(up)
-	if err != nil && (len(up.out) == 0 || err == ws.ErrHandshakeBadMethod || err == ws.ErrHandshakeBadProtocol) {
-		// Every malformed upgrade gets 400 (RELIABILITY 1): gobwas answers a
-		// wrong method with 405, HTTP/1.0 with 505, and an unparsable request
-		// line with nothing at all (the client would only see the close).
-		up.out = append(up.out[:0], badRequestResponse...)
+// upgrade runs gobwas's handshake on the head given to reset and returns
+// the response to send, counting a refusal.
+func (up *upgrader) upgrade() (response []byte, err error) {
+	_, err = up.u.Upgrade(up)
+	switch {
+	case err == nil, err == rejectForbidden, err == rejectUnavailable:
+		// Upgraded, or refused by admit, which counted it.
+	case err == ws.ErrHandshakeUpgradeRequired:
+		// gobwas's 426 names the version it wants.
+		up.s.metrics.handshakeRejects.Inc()
+	default:
+		// Every other malformed upgrade gets 400 (RELIABILITY 1): gobwas
+		// answers a wrong method with 405, HTTP/1.0 with 505, and an
+		// unparsable request line with nothing at all.
+		response400.count(up.s.metrics)
+		return response400.bytes, err
 	}
-	return err
+	return up.out, err
 }
 
 func (up *upgrader) Read(p []byte) (int, error)  { return up.r.Read(p) }
 func (up *upgrader) Write(p []byte) (int, error) { up.out = append(up.out, p...); return len(p), nil }
-
-const badRequestResponse = "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-
-var (
-	rejectForbidden   = ws.RejectConnectionError(ws.RejectionStatus(http.StatusForbidden), ws.RejectionReason("origin not allowed"))
-	rejectUnavailable = ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable), ws.RejectionReason("server unavailable"))
-)
 
 // admit decides, after a valid handshake, whether this client may connect.
 func (up *upgrader) admit() error {

@@ -3,8 +3,6 @@ package server
 import (
 	"sync"
 	"time"
-
-	"github.com/gobwas/ws"
 )
 
 // keeper is the one goroutine behind every connection's timers: a periodic
@@ -56,24 +54,24 @@ func (k *keeper) sweep(now int64) {
 		case phaseHandshake:
 			if now > c.deadline.Load() {
 				k.srv.metrics.timeouts.WithLabelValues("handshake").Inc()
-				c.requestClose(forceClose)
+				c.requestClose(causeDrop)
 			}
 			return
 		case phaseClosing:
 			if now > c.deadline.Load() {
-				c.requestClose(forceClose)
+				c.requestClose(causeDrop)
 			}
 			return
 		case phaseJoining:
 			if now > c.deadline.Load() {
 				k.srv.metrics.timeouts.WithLabelValues("join").Inc()
-				c.requestClose(uint32(ws.StatusPolicyViolation))
+				c.requestClose(causeJoinTimeout)
 				return
 			}
 		}
 		if now-c.lastRead.Load() > silent {
 			k.srv.metrics.timeouts.WithLabelValues("pong").Inc()
-			c.requestClose(forceClose)
+			c.requestClose(causeDrop)
 			return
 		}
 		if now-c.lastPing.Load() >= int64(cfg.PingInterval) {

@@ -1,18 +1,22 @@
 package server
 
 import (
-	"strconv"
-
-	"github.com/gobwas/ws"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"gochat/server/internal/chat"
+	"gochat/server/internal/wsframe"
 )
 
 // metrics are the Prometheus series of one Server, on its own registry so
-// several servers (tests) never collide. Counters on per-message paths are
-// added once per batch, not once per delivery.
+// several servers (tests) never collide. Every series gochat exports is
+// defined here (the relay adds its own, natsrelay), the chat layer's
+// included: they are handed to it as chat.Metrics. Counters on per-message
+// paths are added once per batch, not once per delivery. No label value
+// ever comes from a client.
 type metrics struct {
-	reg *prometheus.Registry
+	reg  *prometheus.Registry
+	chat chat.Metrics
 
 	accepted         prometheus.Counter
 	acceptErrors     prometheus.Counter
@@ -20,22 +24,11 @@ type metrics struct {
 	handshakeRejects prometheus.Counter
 	originRejects    prometheus.Counter
 	shed             prometheus.Counter
-	joins            prometheus.Counter
-	joinRejects      prometheus.Counter
-	leaves           prometheus.Counter
-	messagesIn       prometheus.Counter
-	published        prometheus.Counter
-	deliveries       prometheus.Counter
 	bytesOut         prometheus.Counter
-	rounds           prometheus.Counter
 	slowConsumers    prometheus.Counter
-	rateLimited      prometheus.Counter
-	policyCloses     prometheus.Counter
-	busyRejects      prometheus.Counter
 	panics           prometheus.Counter
 	disconnects      *prometheus.CounterVec
 	timeouts         *prometheus.CounterVec
-	fanout           prometheus.Histogram
 }
 
 func newMetrics(s *Server) *metrics {
@@ -54,29 +47,30 @@ func newMetrics(s *Server) *metrics {
 	m.handshakeRejects = counter("handshake_rejects_total", "Upgrade requests refused as malformed or oversized.")
 	m.originRejects = counter("origin_rejects_total", "Upgrade requests refused for a cross-site Origin (403).")
 	m.shed = counter("shed_total", "Upgrades refused with 503: draining, max-conns or pool overload.")
-	m.joins = counter("joins_total", "Clients that joined the chat.")
-	m.joinRejects = counter("join_rejects_total", "Join messages refused (bad, reserved or taken username).")
-	m.leaves = counter("leaves_total", "Joined clients that left.")
-	m.messagesIn = counter("messages_received_total", "Text messages received from clients.")
-	m.published = counter("broadcasts_total", "Messages and notices accepted for broadcast.")
-	m.deliveries = counter("deliveries_total", "Broadcast messages handed to recipients (one per recipient).")
+	m.chat.Joins = counter("joins_total", "Clients that joined the chat.")
+	m.chat.JoinRejects = counter("join_rejects_total", "Join messages refused (bad, reserved or taken username).")
+	m.chat.Leaves = counter("leaves_total", "Joined clients that left.")
+	m.chat.MessagesIn = counter("messages_received_total", "Text messages received from clients.")
+	m.chat.Published = counter("broadcasts_total", "Messages and notices accepted for broadcast.")
+	m.chat.Deliveries = counter("deliveries_total", "Broadcast messages handed to recipients (one per recipient).")
 	m.bytesOut = counter("sent_bytes_total", "Bytes written to WebSocket clients.")
-	m.rounds = counter("broadcast_rounds_total", "Fan-out rounds; each carries every message queued since the last.")
+	m.chat.BytesOut = m.bytesOut
+	m.chat.Rounds = counter("broadcast_rounds_total", "Fan-out rounds; each carries every message queued since the last.")
 	m.slowConsumers = counter("slow_consumer_disconnects_total", "Clients closed 1008 because their pending output passed -send-queue.")
-	m.rateLimited = counter("rate_limited_total", "Messages refused by the per-client rate limit.")
-	m.policyCloses = counter("error_budget_disconnects_total", "Clients closed 1008 for exhausting the error budget.")
-	m.busyRejects = counter("busy_rejects_total", "Messages refused because the broadcast queue was full.")
+	m.chat.RateLimited = counter("rate_limited_total", "Messages refused by the per-client rate limit.")
+	m.chat.ErrorBudget = counter("error_budget_disconnects_total", "Clients closed 1008 for exhausting the error budget.")
+	m.chat.BusyRejects = counter("busy_rejects_total", "Messages refused because the broadcast queue was full.")
 	m.panics = counter("handler_panics_total", "Panics in message handling (connection closed 1011).")
 	m.disconnects = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "gochat", Name: "disconnects_total",
 		Help: "Connections closed, by WebSocket close code sent (1006: dropped without a close frame)."}, []string{"code"})
 	m.timeouts = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "gochat", Name: "timeouts_total",
 		Help: "Connections dropped by a deadline, by kind (handshake, join, pong)."}, []string{"kind"})
-	m.fanout = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "gochat", Name: "broadcast_latency_seconds",
+	m.chat.BroadcastLatency = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "gochat", Name: "broadcast_latency_seconds",
 		Help:    "Time from a message's publication to the end of its fan-out to every member.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12)})
-	m.reg.MustRegister(m.disconnects, m.timeouts, m.fanout)
+	m.reg.MustRegister(m.disconnects, m.timeouts, m.chat.BroadcastLatency)
 	// Start the common series at zero so dashboards see them before the first event.
-	for _, code := range []string{"1000", "1001", "1002", "1003", "1006", "1007", "1008", "1009", "1011"} {
+	for _, code := range []string{"1000", "1001", "1002", "1003", "1006", "1007", "1008", "1009", "1011", "other"} {
 		m.disconnects.WithLabelValues(code)
 	}
 	for _, kind := range []string{"handshake", "join", "pong"} {
@@ -84,7 +78,7 @@ func newMetrics(s *Server) *metrics {
 	}
 	gauge("connections", "Open connections owned by the reactor (handshaking, joining, joined, closing).",
 		func() float64 { return float64(s.nconns.Load()) })
-	gauge("members", "Clients joined to the chat.", func() float64 { return float64(s.hub.members()) })
+	gauge("members", "Clients joined to the chat.", func() float64 { return float64(s.hub.Members()) })
 	gauge("pool_size", "Worker pool capacity.", func() float64 { return float64(s.pool.Size()) })
 	gauge("pool_running", "Workers running tasks now.", func() float64 { return float64(s.pool.Stats().Running) })
 	gauge("pool_waiting", "Tasks queued behind busy workers now.", func() float64 { return float64(s.pool.Stats().Waiting) })
@@ -100,7 +94,8 @@ func newMetrics(s *Server) *metrics {
 	return m
 }
 
-// closed counts a close by the code sent.
-func (m *metrics) closed(code ws.StatusCode) {
-	m.disconnects.WithLabelValues(strconv.Itoa(int(code))).Inc()
+// closed counts a close by its cause's label (the code sent, or "other"
+// for the application codes a client chose).
+func (m *metrics) closed(cause *wsframe.CloseCause) {
+	m.disconnects.WithLabelValues(cause.Label).Inc()
 }

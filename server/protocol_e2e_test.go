@@ -80,7 +80,7 @@ func TestUsernameIsTrimmedAndFreeAgainAfterLeave(t *testing.T) {
 	first.send(`{"username":"  carol  "}`)
 	first.waitFor(chatMsg{"System", "carol joined the chat"})
 	first.conn.Close(websocket.StatusNormalClosure, "")
-	waitUntil(t, "carol to leave", func() bool { return s.hub.members() == 0 })
+	waitUntil(t, "carol to leave", func() bool { return s.hub.Members() == 0 })
 	join(t, s.url, "Carol")
 }
 

@@ -29,7 +29,7 @@ func TestOneFileDescriptorPerConnection(t *testing.T) {
 	for i := range conns {
 		conns[i] = joinRaw(t, s, fmt.Sprintf("u%d", i))
 	}
-	waitUntil(t, "all joined", func() bool { return s.hub.members() == n })
+	waitUntil(t, "all joined", func() bool { return s.hub.Members() == n })
 	// Each connection costs this process exactly two fds: the test's client
 	// end and the server's end. easygo's Handle would dup a third.
 	if got := fdCount(t) - base; got != 2*n {
@@ -73,12 +73,12 @@ func TestGoroutinesDoNotGrowWithConnections(t *testing.T) {
 	s := startServer(t, Config{Presence: new(bool)})
 	// Warm up: the first connection starts the pool's workers.
 	joinRaw(t, s, "warm")
-	waitUntil(t, "warm-up joined", func() bool { return s.hub.members() == 1 })
+	waitUntil(t, "warm-up joined", func() bool { return s.hub.Members() == 1 })
 	base := runtime.NumGoroutine()
 	for i := range n {
 		joinRaw(t, s, fmt.Sprintf("idle%d", i))
 	}
-	waitUntil(t, "all joined", func() bool { return s.hub.members() == n+1 })
+	waitUntil(t, "all joined", func() bool { return s.hub.Members() == n+1 })
 	if got := runtime.NumGoroutine(); got > base+s.cfg.Workers {
 		t.Fatalf("%d goroutines with %d idle clients, %d before: more than the pool's %d workers", got, n, base, s.cfg.Workers)
 	}
@@ -100,7 +100,7 @@ func TestNoWorkerWaitsOnAPeer(t *testing.T) {
 		f := textFrame(`{"content":"never finished"}`)
 		rc.write(f[:len(f)/2])
 	}
-	waitUntil(t, "half-frame clients joined", func() bool { return s.hub.members() == n })
+	waitUntil(t, "half-frame clients joined", func() bool { return s.hub.Members() == n })
 	// With 2 workers and 2n stalled peers, a new client still joins and
 	// round-trips: no worker is waiting on any of them.
 	c := dial(t, s.url)
@@ -152,13 +152,13 @@ func TestPollerNeverBlocksOrSpinsWhenThePoolIsFull(t *testing.T) {
 func TestQueuedBroadcastsLeaveInOneRoundAndOneWrite(t *testing.T) {
 	s := startServer(t, Config{Workers: 1, Presence: new(bool)})
 	rc := joinRaw(t, s, "reader")
-	waitUntil(t, "joined", func() bool { return s.hub.members() == 1 })
+	waitUntil(t, "joined", func() bool { return s.hub.Members() == 1 })
 	b := &blocker{started: make(chan struct{}), release: make(chan struct{})}
 	s.pool.Schedule(b)
 	<-b.started
-	rounds := s.hub.roundsDone.Load()
+	rounds := s.hub.Rounds()
 	for i := range 50 {
-		if err := s.hub.publish("bot", []byte(fmt.Sprint(i))); err != nil {
+		if err := s.hub.Publish("bot", []byte(fmt.Sprint(i))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -176,12 +176,8 @@ func TestQueuedBroadcastsLeaveInOneRoundAndOneWrite(t *testing.T) {
 	// it waited for a worker went out together in the next one. (The frames
 	// can arrive before the round's other shard tasks end: wait for the hub
 	// to go idle before counting.)
-	waitUntil(t, "hub idle", func() bool {
-		s.hub.qmu.Lock()
-		defer s.hub.qmu.Unlock()
-		return !s.hub.running
-	})
-	if got := s.hub.roundsDone.Load() - rounds; got != 2 {
+	waitUntil(t, "hub idle", s.hub.Idle)
+	if got := s.hub.Rounds() - rounds; got != 2 {
 		t.Fatalf("50 messages took %d rounds, want 2", got)
 	}
 }
@@ -197,9 +193,9 @@ func TestSilentPeerIsDroppedAfterPingIntervalPlusPongTimeout(t *testing.T) {
 		}
 	}()
 	silent := joinRaw(t, s, "silent")
-	waitUntil(t, "silent joined", func() bool { return s.hub.members() == 2 })
+	waitUntil(t, "silent joined", func() bool { return s.hub.Members() == 2 })
 	// The silent client reads nothing and answers no ping.
-	waitUntil(t, "silent dropped", func() bool { return s.hub.members() == 1 })
+	waitUntil(t, "silent dropped", func() bool { return s.hub.Members() == 1 })
 	_ = silent
 	if s.metrics == nil {
 		t.Fatal("no metrics")
@@ -220,7 +216,7 @@ func TestKeepalivePingsKeepAResponsiveClient(t *testing.T) {
 			rc.write(frame(true, 0, 10, true, p))
 		}
 	}
-	if s.hub.members() != 1 {
+	if s.hub.Members() != 1 {
 		t.Fatal("a client answering pings was dropped")
 	}
 }
@@ -239,7 +235,7 @@ func TestShutdownSends1001WithoutLeaveNoticesAndRefusesNewClients(t *testing.T) 
 		raws = append(raws, joinRaw(t, ts, fmt.Sprintf("r%d", i)))
 	}
 	stuck := joinRaw(t, ts, "stuck") // never reads, never echoes the close
-	waitUntil(t, "joined", func() bool { return s.hub.members() == 6 })
+	waitUntil(t, "joined", func() bool { return s.hub.Members() == 6 })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
@@ -283,7 +279,7 @@ func TestReadyzIs503WhileDraining(t *testing.T) {
 	}
 	stuck := joinRaw(t, s, "stuck")
 	_ = stuck
-	waitUntil(t, "joined", func() bool { return s.hub.members() == 1 })
+	waitUntil(t, "joined", func() bool { return s.hub.Members() == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	done := make(chan struct{})

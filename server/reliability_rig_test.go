@@ -109,7 +109,7 @@ func (r *rig) finish() []chatMsg {
 	r.closeAll()
 	r.settle(r.fds, r.gos)
 	eventually(r.t, 20*time.Second, "only the control client left on the server", func() bool {
-		return r.s.nconns.Load() == 1 && r.s.hub.members() == 1 && r.s.wsConns.Load() == 1
+		return r.s.nconns.Load() == 1 && r.s.hub.Members() == 1 && r.s.wsConns.Load() == 1
 	})
 	r.ctl.marker() // every teardown's notice was queued before this
 	return r.ctl.history()

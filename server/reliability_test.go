@@ -1052,7 +1052,7 @@ func rel31Flood(t *testing.T) {
 		t.Errorf("%d flood messages got through a burst of 20", n)
 	}
 	expectLeftOnce(t, seen, "flood")
-	if got := counterValue(r.s.metrics.rateLimited); got < 6 {
+	if got := counterValue(r.s.metrics.chat.RateLimited); got < 6 {
 		t.Errorf("rate limited %v", got)
 	}
 }
@@ -1234,7 +1234,7 @@ func rel34Idle(t *testing.T) {
 		}
 		wg.Wait()
 	}()
-	eventually(t, 30*time.Second, "every idle client joined", func() bool { return r.s.hub.members() == n+1 })
+	eventually(t, 30*time.Second, "every idle client joined", func() bool { return r.s.hub.Members() == n+1 })
 	perConn := (int64(heapAlloc()) - int64(heap0)) / int64(n)
 	g := runtime.NumGoroutine()
 	t.Logf("%d idle joined clients: heap %d bytes per connection (server and client side together), goroutines %d -> %d", n, perConn, gos, g)
@@ -1253,7 +1253,7 @@ func rel34Idle(t *testing.T) {
 		}
 		return true
 	})
-	if m := r.s.hub.members(); m != n+1 {
+	if m := r.s.hub.Members(); m != n+1 {
 		t.Errorf("%d of %d idle clients survived three ping intervals", m-1, n)
 	}
 	close(stop)
@@ -1316,28 +1316,28 @@ func rel35Storm(t *testing.T) {
 		return conns
 	}
 	gen1 := connect()
-	eventually(t, 60*time.Second, "first generation joined", func() bool { return r.s.hub.members() == n+1 })
+	eventually(t, 60*time.Second, "first generation joined", func() bool { return r.s.hub.Members() == n+1 })
 	r.ctl.marker()
-	pub0, rounds0 := counterValue(r.s.metrics.published), counterValue(r.s.metrics.rounds)
+	pub0, rounds0 := counterValue(r.s.metrics.chat.Published), counterValue(r.s.metrics.chat.Rounds)
 	for _, c := range gen1 { // all drop at once...
 		resetClose(c)
 	}
-	eventually(t, 60*time.Second, "first generation gone", func() bool { return r.s.hub.members() == 1 })
+	eventually(t, 60*time.Second, "first generation gone", func() bool { return r.s.hub.Members() == 1 })
 	gen2 := connect() // ...and reconnect at once
 	r.onFinish(func() {
 		for _, c := range gen2 {
 			c.Close()
 		}
 	})
-	eventually(t, 60*time.Second, "second generation joined", func() bool { return r.s.hub.members() == n+1 })
+	eventually(t, 60*time.Second, "second generation joined", func() bool { return r.s.hub.Members() == n+1 })
 	// A member is registered just before its join notice is published (by
 	// its own task): wait for all 2n notices before the control's marker,
 	// which is only ordered after its own earlier messages.
 	eventually(t, 60*time.Second, "every notice published", func() bool {
-		return counterValue(r.s.metrics.published)-pub0 >= float64(2*n)
+		return counterValue(r.s.metrics.chat.Published)-pub0 >= float64(2*n)
 	})
 	seen := r.ctl.marker()
-	pub, rounds := counterValue(r.s.metrics.published)-pub0, counterValue(r.s.metrics.rounds)-rounds0
+	pub, rounds := counterValue(r.s.metrics.chat.Published)-pub0, counterValue(r.s.metrics.chat.Rounds)-rounds0
 	t.Logf("storm of %d leaves + %d joins: %v broadcasts in %v rounds; largest pending output %d", n, n, pub, rounds, maxPendingOut(r.s.Server))
 	for i := range n {
 		expectLeftOnce(t, seen, fmt.Sprintf("u%d", i))
@@ -1681,7 +1681,7 @@ func closeRace(t *testing.T, withShutdown bool) {
 		r.shrinkServerSendBuffer(vs[i])
 	}
 	slow0, pong0 := r.counterSlow(), counterValue(r.s.metrics.timeouts.WithLabelValues("pong"))
-	leaves := counterValue(r.s.metrics.leaves)
+	leaves := counterValue(r.s.metrics.chat.Leaves)
 	content := strings.Repeat("z", 1500)
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -1717,7 +1717,7 @@ func closeRace(t *testing.T, withShutdown bool) {
 		if c := r.s.wsConns.Load(); c != 0 {
 			t.Errorf("upgraded connections %d after shutdown, want 0", c)
 		}
-		if got := counterValue(r.s.metrics.leaves) - leaves; got != n+1 {
+		if got := counterValue(r.s.metrics.chat.Leaves) - leaves; got != n+1 {
 			t.Errorf("%v leaves for %d members", got, n+1)
 		}
 		var seen []chatMsg
@@ -1734,10 +1734,10 @@ func closeRace(t *testing.T, withShutdown bool) {
 		return
 	}
 	wg.Wait()
-	eventually(t, 20*time.Second, "every victim cleaned up", func() bool { return r.s.hub.members() == 1 })
+	eventually(t, 20*time.Second, "every victim cleaned up", func() bool { return r.s.hub.Members() == 1 })
 	seen := r.finish()
 	expectLeftOnce(t, seen, names...)
-	if got := counterValue(r.s.metrics.leaves) - leaves; got != n {
+	if got := counterValue(r.s.metrics.chat.Leaves) - leaves; got != n {
 		t.Errorf("%v leaves for %d victims", got, n)
 	}
 	slow, pong := r.counterSlow()-slow0, counterValue(r.s.metrics.timeouts.WithLabelValues("pong"))-pong0
@@ -1768,7 +1768,7 @@ func rel44Shutdown(t *testing.T) {
 		}
 		conns[i] = rc
 	}
-	eventually(t, 30*time.Second, "members joined", func() bool { return r.s.hub.members() == n/2+1 })
+	eventually(t, 30*time.Second, "members joined", func() bool { return r.s.hub.Members() == n/2+1 })
 	r.ctl.marker()
 	codes := make([]int, n)
 	notices := make([]int, n)

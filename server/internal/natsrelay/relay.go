@@ -1,4 +1,8 @@
-package server
+// Package natsrelay carries a gochat hub's messages to the other nodes of a
+// cluster through NATS, and theirs back (SPEC §6). It implements chat.Relay;
+// the hub does not know it is NATS, and this package does not know the hub:
+// what other nodes publish goes to the Inbound function it was given.
+package natsrelay
 
 import (
 	cryptorand "crypto/rand"
@@ -8,20 +12,22 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode"
-	"unsafe"
+
+	"log/slog"
 
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// cluster relays the chat between gochat nodes through NATS (SPEC §6): every
+// Relay relays the chat between gochat nodes through NATS (SPEC §6): every
 // message and notice the local hub accepts is also published on one NATS
-// subject, and what other nodes publish there is broadcast to the local
-// members only (never republished).
+// subject, and what other nodes publish there is handed to Inbound, for the
+// local members only (never republished).
 //
-// Hot path. hub.publish hands each accepted message to publish, which only
+// Hot path. The hub hands each accepted message to Publish, which only
 // appends a compact binary record to an in-memory queue under a mutex: no
 // JSON, no per-recipient work, and no worker ever writes to the NATS socket.
 // One relay goroutine takes the whole queue at a time and publishes it as a
@@ -52,8 +58,9 @@ import (
 // nodes may both join as "alice"; their messages are then indistinguishable
 // to receivers. Every node also trusts whatever is published on the subject:
 // NATS must be reachable by gochat nodes only.
-type cluster struct {
-	srv     *Server
+type Relay struct {
+	log     *slog.Logger
+	inbound Inbound
 	nc      *nats.Conn
 	subject string
 	id      [8]byte // this node, in every message it publishes
@@ -61,11 +68,12 @@ type cluster struct {
 	mu      sync.Mutex // Protects following.
 	queue   []byte     // records waiting for the relay goroutine
 	spare   []byte     // the relay's previous queue, reused
-	stopped bool       // close has begun: publish drops
+	stopped bool       // Close has begun: Publish drops
 
 	wake   chan struct{} // cap 1: the queue became non-empty, or stop
 	done   chan struct{} // closed when the relay goroutine returns
 	closed chan struct{} // closed by the NATS ClosedHandler
+	ending atomic.Bool   // Close has begun: inbound retries stop
 
 	publishErrors prometheus.Counter
 	received      prometheus.Counter
@@ -82,14 +90,26 @@ const (
 	busyRetries   = 40 // receive side: waits ~1s in all for a full hub queue
 )
 
-// newCluster connects to cfg.NATS and subscribes to cfg.NATSSubject. If the
-// server is not reachable yet, the connection keeps retrying in the
-// background (forever, with capped exponential backoff) and local chat works
-// meanwhile.
-func newCluster(s *Server) (*cluster, error) {
-	c := &cluster{
-		srv:     s,
-		subject: s.cfg.NATSSubject,
+// Inbound takes a message another node published, for the local members
+// only. It reads name and content only during the call, and fails when the
+// local broadcast queue is full.
+type Inbound func(name, content []byte) error
+
+// Config says where the relay connects.
+type Config struct {
+	URL     string // NATS URL, or comma-separated URLs
+	Subject string // the subject the nodes of one chat share
+}
+
+// New connects to cfg.URL and subscribes to cfg.Subject; its metrics go to
+// reg. If the server is not reachable yet, the connection keeps retrying in
+// the background (forever, with capped exponential backoff) and local chat
+// works meanwhile.
+func New(cfg Config, inbound Inbound, reg prometheus.Registerer, log *slog.Logger) (*Relay, error) {
+	c := &Relay{
+		log:     log,
+		inbound: inbound,
+		subject: cfg.Subject,
 		wake:    make(chan struct{}, 1),
 		done:    make(chan struct{}),
 		closed:  make(chan struct{}),
@@ -99,14 +119,14 @@ func newCluster(s *Server) (*cluster, error) {
 	}
 	counter := func(name, help string) prometheus.Counter {
 		m := prometheus.NewCounter(prometheus.CounterOpts{Namespace: "gochat", Name: name, Help: help})
-		s.metrics.reg.MustRegister(m)
+		reg.MustRegister(m)
 		return m
 	}
 	c.publishErrors = counter("cluster_publish_errors_total", "Messages not relayed to other nodes (NATS down past its reconnect buffer, or relay queue full).")
 	c.received = counter("cluster_received_total", "Messages and notices received from other nodes through NATS.")
 	c.dropped = counter("cluster_receive_drops_total", "Messages from other nodes dropped: malformed, or the local broadcast queue stayed full.")
 
-	log := s.log.With("component", "nats")
+	log = log.With("component", "nats")
 	nodeName := "gochat-" + hex.EncodeToString(c.id[:])
 	opts := []nats.Option{
 		nats.Name(nodeName),
@@ -135,16 +155,16 @@ func newCluster(s *Server) (*cluster, error) {
 			close(c.closed)
 		}),
 	}
-	nc, err := nats.Connect(s.cfg.NATS, opts...)
+	nc, err := nats.Connect(cfg.URL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("gochat: nats %s: %w", redactURL(s.cfg.NATS), err)
+		return nil, fmt.Errorf("gochat: nats %s: %w", redactURL(cfg.URL), err)
 	}
 	c.nc = nc
 	if _, err := nc.Subscribe(c.subject, c.onMsg); err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("gochat: nats subscribe %q: %w", c.subject, err)
 	}
-	s.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "gochat", Name: "cluster_connected",
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "gochat", Name: "cluster_connected",
 		Help: "1 while the NATS connection to the other nodes is up."}, func() float64 {
 		if nc.IsConnected() {
 			return 1
@@ -152,7 +172,7 @@ func newCluster(s *Server) (*cluster, error) {
 		return 0
 	}))
 	if !nc.IsConnected() {
-		log.Warn("nats not reachable yet; retrying in the background, local chat works meanwhile", "url", redactURL(s.cfg.NATS))
+		log.Warn("nats not reachable yet; retrying in the background, local chat works meanwhile", "url", redactURL(cfg.URL))
 	}
 	go c.relay()
 	return c, nil
@@ -165,9 +185,9 @@ func reconnectDelay(attempts int) time.Duration {
 	return d + rand.N(d/4+1)
 }
 
-// publish queues one accepted message or notice for the other nodes. It
+// Publish queues one accepted message or notice for the other nodes. It
 // never blocks on NATS. Safe for concurrent use.
-func (c *cluster) publish(name string, content []byte) {
+func (c *Relay) Publish(name string, content []byte) {
 	c.mu.Lock()
 	if c.stopped {
 		c.mu.Unlock()
@@ -190,7 +210,7 @@ func (c *cluster) publish(name string, content []byte) {
 }
 
 // relay publishes the queue until close, then what was queued before it.
-func (c *cluster) relay() {
+func (c *Relay) relay() {
 	defer close(c.done)
 	out := make([]byte, relayHeader, relayHeader+relayChunk)
 	out[0] = relayVersion
@@ -217,7 +237,7 @@ func (c *cluster) relay() {
 
 // send publishes batch as NATS messages of about relayChunk bytes each,
 // split between records. out holds the header. Run by the relay only.
-func (c *cluster) send(batch, out []byte, failing bool) ([]byte, bool) {
+func (c *Relay) send(batch, out []byte, failing bool) ([]byte, bool) {
 	for len(batch) > 0 {
 		n, records := 0, 0
 		for n < len(batch) {
@@ -233,13 +253,13 @@ func (c *cluster) send(batch, out []byte, failing bool) ([]byte, bool) {
 		if err := c.nc.Publish(c.subject, out); err != nil {
 			c.publishErrors.Add(float64(records))
 			if !failing {
-				c.srv.log.Warn("nats publish failing; messages not relayed to other nodes", "err", err)
+				c.log.Warn("nats publish failing; messages not relayed to other nodes", "err", err)
 			}
 			failing = true
 			continue
 		}
 		if failing {
-			c.srv.log.Info("nats publish recovered")
+			c.log.Info("nats publish recovered")
 		}
 		failing = false
 	}
@@ -248,7 +268,7 @@ func (c *cluster) send(batch, out []byte, failing bool) ([]byte, bool) {
 
 // onMsg broadcasts to the local members what another node published. It
 // runs on the subscription's goroutine, one message at a time, in order.
-func (c *cluster) onMsg(m *nats.Msg) {
+func (c *Relay) onMsg(m *nats.Msg) {
 	d := m.Data
 	if len(d) < relayHeader || d[0] != relayVersion {
 		c.dropped.Inc()
@@ -272,18 +292,15 @@ func (c *cluster) onMsg(m *nats.Msg) {
 	c.received.Add(float64(n))
 }
 
-// deliver enqueues a remote message into the local hub only. A full hub
-// queue is retried for about a second (this goroutine may wait; workers
-// never do), then the message is dropped and counted.
-func (c *cluster) deliver(name, content []byte) {
-	h := c.srv.hub
-	// enqueueLocal only reads name during the call.
-	nm := unsafe.String(unsafe.SliceData(name), len(name))
+// deliver hands a remote message to Inbound. A full local queue is
+// retried for about a second (this goroutine may wait; workers never do),
+// then the message is dropped and counted.
+func (c *Relay) deliver(name, content []byte) {
 	for try := 0; ; try++ {
-		if h.enqueueLocal(nm, content) == nil {
+		if c.inbound(name, content) == nil {
 			return
 		}
-		if try == busyRetries || c.srv.draining.Load() {
+		if try == busyRetries || c.ending.Load() {
 			c.dropped.Inc()
 			return
 		}
@@ -291,10 +308,10 @@ func (c *cluster) deliver(name, content []byte) {
 	}
 }
 
-// close flushes what is queued, drains the NATS connection (bounded by
-// drainTimeout) and waits for it to close. Called by Shutdown; later calls
-// return at once.
-func (c *cluster) close() {
+// Close flushes what is queued, drains the NATS connection (bounded by
+// drainTimeout) and waits for it to close. Later calls return at once.
+func (c *Relay) Close() {
+	c.ending.Store(true)
 	c.mu.Lock()
 	if c.stopped {
 		c.mu.Unlock()
@@ -350,9 +367,9 @@ func readRecord(b []byte) (name, content, rest []byte, ok bool) {
 	return name, b[k : k+int(cl)], b[k+int(cl):], true
 }
 
-// validSubject reports whether s is a NATS subject one can publish to:
+// ValidSubject reports whether s is a NATS subject one can publish to:
 // dot-separated non-empty tokens, no whitespace, no wildcards.
-func validSubject(s string) bool {
+func ValidSubject(s string) bool {
 	if s == "" {
 		return false
 	}

@@ -1,0 +1,46 @@
+package server
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/gobwas/ws"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// The HTTP answers the reactor gives without net/http, in one place: each
+// is written once at start-up, says Connection: close, and is counted by
+// the metric it names.
+
+// cannedResponse is a complete HTTP response and the counter it bumps.
+type cannedResponse struct {
+	bytes  []byte
+	metric func(*metrics) prometheus.Counter
+}
+
+func (r *cannedResponse) count(m *metrics) { r.metric(m).Inc() }
+
+func canned(status int, extra string, metric func(*metrics) prometheus.Counter) *cannedResponse {
+	return &cannedResponse{
+		bytes: []byte("HTTP/1.1 " + strconv.Itoa(status) + " " + http.StatusText(status) + "\r\n" +
+			"Connection: close\r\n" + extra + "Content-Length: 0\r\n\r\n"),
+		metric: metric,
+	}
+}
+
+var (
+	// response400 answers every malformed upgrade (RELIABILITY 1).
+	response400 = canned(http.StatusBadRequest, "", func(m *metrics) prometheus.Counter { return m.handshakeRejects })
+	// response431 answers a request head over maxHandshake.
+	response431 = canned(http.StatusRequestHeaderFieldsTooLarge, "", func(m *metrics) prometheus.Counter { return m.handshakeRejects })
+	// response503 sheds a connection at accept while the pool is overloaded
+	// or the process is out of fds: it fits any fresh socket buffer.
+	response503 = canned(http.StatusServiceUnavailable, "Retry-After: 1\r\n", func(m *metrics) prometheus.Counter { return m.shed })
+)
+
+// Refusals decided inside gobwas's upgrade (after the head parsed), which
+// writes them as HTTP responses with the status given.
+var (
+	rejectForbidden   = ws.RejectConnectionError(ws.RejectionStatus(http.StatusForbidden), ws.RejectionReason("origin not allowed"))
+	rejectUnavailable = ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable), ws.RejectionReason("server unavailable"))
+)

@@ -1,0 +1,193 @@
+package chat
+
+import (
+	"bytes"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gobwas/ws"
+
+	"gochat/server/internal/chatmsg"
+	"gochat/server/internal/wsframe"
+)
+
+// Session is one client's part in the chat: its name once joined, its
+// member slot, and its rate and error budgets. The transport embeds one per
+// connection (saving an allocation per client) and calls it only from the
+// connection's own task, one call at a time: Init, OnMessage, Leave. Its
+// fields belong to the chat layer; member is also written by other
+// sessions' leaves, under the shard's lock.
+type Session struct {
+	hub *Hub
+	t   Transport
+	id  int // the connection's id (its fd): picks the shard, names it in logs
+
+	name     string  // display name once joined
+	key      string  // uniqueness key (chatmsg.NameKey) once joined
+	member   int     // index in the shard's members, -1 when not a member
+	joined   bool    // registered in the hub
+	tokens   float64 // rate limiter bucket
+	tokensAt int64   // unix nanos of the last refill
+	errs     int     // errors in the current error window
+	errsAt   int64   // unix nanos when the error window started
+}
+
+// Closes the chat layer asks for.
+var (
+	CloseBadJoin       = &wsframe.CloseCause{Code: ws.StatusPolicyViolation, Reason: "bad join", Label: "1008"}
+	CloseTooManyErrors = &wsframe.CloseCause{Code: ws.StatusPolicyViolation, Reason: "too many errors", Label: "1008"}
+)
+
+// Init makes s a session of h speaking through t. id must not change while
+// s is a member.
+func (s *Session) Init(h *Hub, t Transport, id int) {
+	*s = Session{hub: h, t: t, id: id, member: -1}
+}
+
+// Joined reports whether the client has joined. Session task only.
+func (s *Session) Joined() bool { return s.joined }
+
+// Leave takes the client out of the chat, with a leave notice unless the
+// hub is draining. Safe to call more than once; only the first counts.
+func (s *Session) Leave() { s.hub.leave(s) }
+
+// scratchBufs hold decoded message strings; a message needs one only while
+// it is handled.
+var scratchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+
+// OnMessage handles one complete text message (valid UTF-8). arrived is
+// when the transport first saw it readable (unix nanos): the rate limit
+// counts from then, so time the message spent waiting for a busy server is
+// never held against the client.
+func (s *Session) OnMessage(p []byte, arrived int64) {
+	s.hub.metrics.MessagesIn.Inc()
+	sp := scratchBufs.Get().(*[]byte)
+	m, scratch, err := chatmsg.Parse(p, *sp)
+	if s.joined {
+		s.chat(m, err, arrived)
+	} else {
+		s.join(m, err)
+	}
+	*sp = scratch[:0]
+	scratchBufs.Put(sp)
+}
+
+// join handles the first message. A bad join gets an Error message, then 1008.
+func (s *Session) join(m chatmsg.Message, err error) {
+	h := s.hub
+	var name, key string
+	if err == nil && !m.HasUsername {
+		err = chatmsg.ErrUsernameRequired
+	}
+	if err == nil {
+		name, key, err = chatmsg.CheckUsername(m.Username)
+	}
+	if err == nil {
+		err = h.join(s, name, key)
+	}
+	if err != nil {
+		h.metrics.JoinRejects.Inc()
+		s.sendError(err)
+		s.t.Close(CloseBadJoin)
+		return
+	}
+	s.t.Joined()
+	h.metrics.Joins.Inc()
+	h.log.Debug("join", "conn", s.id)
+	s.tokens, s.tokensAt = float64(h.cfg.Burst), time.Now().UnixNano()
+	if len(bytes.TrimSpace(m.Content)) > 0 {
+		if utf8.RuneCount(m.Content) > h.cfg.MaxContent {
+			s.reject(chatmsg.ErrContentTooLong)
+		} else {
+			s.tokens--
+			s.publish(m.Content)
+		}
+	}
+	if h.cfg.Presence {
+		h.notice(name, " joined the chat")
+	}
+}
+
+// chat handles a message after the join. The username field is ignored: a
+// client speaks only under the name it joined with.
+func (s *Session) chat(m chatmsg.Message, err error, arrived int64) {
+	switch {
+	case err != nil:
+		s.reject(err)
+	case utf8.RuneCount(m.Content) > s.hub.cfg.MaxContent:
+		s.reject(chatmsg.ErrContentTooLong)
+	case !s.allow(arrived):
+		// Checked before the whitespace rule: an ignored message is still a
+		// message, and must not be free to repeat.
+		s.hub.metrics.RateLimited.Inc()
+		s.reject(chatmsg.ErrRateLimited)
+	case len(bytes.TrimSpace(m.Content)) == 0:
+		// Empty or whitespace-only content is ignored, as in the original.
+	default:
+		s.publish(m.Content)
+	}
+}
+
+func (s *Session) publish(content []byte) {
+	if err := s.hub.Publish(s.name, content); err != nil {
+		s.sendError(err)
+	}
+}
+
+// allow takes a token from the client's bucket (Rate per second, Burst
+// deep). The bucket may hold more than Burst by what the client could
+// have earned while its message waited in the server (now - arrived): a
+// stalled server must not turn an honest client's steady rate into a burst.
+func (s *Session) allow(arrived int64) bool {
+	cfg := &s.hub.cfg
+	now := time.Now().UnixNano()
+	waited := float64(max(now-arrived, 0)) / 1e9
+	s.tokens += float64(now-s.tokensAt) / 1e9 * cfg.Rate
+	s.tokens = min(s.tokens, float64(cfg.Burst)+waited*cfg.Rate)
+	s.tokensAt = now
+	if s.tokens < 1 {
+		return false
+	}
+	s.tokens--
+	return true
+}
+
+// reject answers a bad message with an Error and charges the error budget;
+// a client over budget is closed with 1008.
+func (s *Session) reject(err error) {
+	now := time.Now().UnixNano()
+	if now-s.errsAt > int64(time.Minute) {
+		s.errs, s.errsAt = 0, now
+	}
+	s.errs++
+	s.sendError(err)
+	if s.errs > s.hub.cfg.ErrorBudget {
+		s.hub.metrics.ErrorBudget.Inc()
+		s.sendError(chatmsg.ErrTooManyErrors)
+		s.t.Close(CloseTooManyErrors)
+	}
+}
+
+// sendError sends a System "Error: ..." message to this client only.
+func (s *Session) sendError(err error) {
+	frame := errorFrames[err]
+	if frame == nil {
+		frame = errorFrames[chatmsg.ErrBadJSON]
+	}
+	s.t.Send(frame)
+}
+
+// errorFrames are the Error messages, framed once at start-up.
+var errorFrames = func() map[error][]byte {
+	m := map[error][]byte{}
+	for _, err := range []error{
+		chatmsg.ErrNotObject, chatmsg.ErrBadJSON, chatmsg.ErrWrongType, chatmsg.ErrUnknownField,
+		chatmsg.ErrUsernameRequired, chatmsg.ErrUsernameLength, chatmsg.ErrUsernameChars,
+		chatmsg.ErrUsernameReserved, chatmsg.ErrUsernameTaken, chatmsg.ErrContentTooLong,
+		chatmsg.ErrRateLimited, chatmsg.ErrTooManyErrors, chatmsg.ErrServerBusy,
+	} {
+		m[err] = wsframe.AppendFrame(nil, ws.OpText, chatmsg.AppendChat(nil, chatmsg.SystemName, "Error: "+err.Error()))
+	}
+	return m
+}()

@@ -1,0 +1,218 @@
+package server
+
+import (
+	"bytes"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"gochat/server/internal/wsframe"
+)
+
+// The read direction: socket bytes → HTTP upgrade → frames → complete text
+// messages for the session. Everything here runs in the connection's task.
+
+// maxFragments caps the frames one message may be split into, so endless
+// empty continuations cannot keep a connection busy.
+const maxFragments = 1024
+
+// readBufs are the workers' read buffers: connections own none while idle.
+var readBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// readInput reads what the socket has, up to a budget, and consumes it.
+func (c *Conn) readInput() {
+	bp := readBufs.Get().(*[]byte)
+	defer readBufs.Put(bp)
+	buf := *bp
+	for range 8 { // budget: then re-arm, so one client cannot hog a worker
+		var data []byte
+		var n int
+		var err error
+		if len(c.in) > 0 {
+			if want := max(c.need, len(c.in)+512); cap(c.in) < want {
+				grown := make([]byte, len(c.in), want)
+				copy(grown, c.in)
+				c.in = grown
+			}
+			n, err = syscall.Read(c.fd, c.in[len(c.in):cap(c.in)])
+			if n > 0 {
+				data = c.in[:len(c.in)+n]
+			}
+		} else {
+			n, err = syscall.Read(c.fd, buf)
+			if n > 0 {
+				data = buf[:n]
+			}
+		}
+		switch {
+		case err == syscall.EAGAIN:
+			return
+		case err == syscall.EINTR:
+			continue
+		case err != nil || n == 0: // reset, or EOF: the peer is gone
+			c.teardown()
+			return
+		}
+		now := time.Now().UnixNano()
+		c.lastRead.Store(now)
+		used := c.consume(data)
+		// What is read next arrived after this read (or when the poller
+		// next finds the socket readable): see Session.OnMessage.
+		c.readyAt.Store(now)
+		if c.torn {
+			return
+		}
+		rest := data[used:]
+		switch {
+		case len(rest) == 0:
+			c.in, c.need = nil, 0
+		case len(c.in) > 0: // data is c.in: shift the incomplete part down
+			// Copy into the whole capacity: rest may be longer than the old
+			// len(c.in) (this read added to an incomplete frame that is still
+			// incomplete), and copy(c.in, rest) would silently drop its tail.
+			c.in = c.in[:copy(c.in[:cap(c.in)], rest)]
+		default: // data is the worker's buffer: keep the incomplete part
+			c.in = append(make([]byte, 0, max(c.need, len(rest)+512)), rest...)
+		}
+		if len(c.in) == 0 && n < len(buf) {
+			return // short read: the socket is drained
+		}
+	}
+}
+
+// consume processes complete requests and frames at the start of data and
+// returns how many bytes it used.
+func (c *Conn) consume(data []byte) int {
+	off := 0
+	if c.getPhase() == phaseHandshake {
+		end := bytes.Index(data, []byte("\r\n\r\n"))
+		if end < 0 {
+			if len(data) > maxHandshake {
+				c.refuse(response431)
+				return len(data)
+			}
+			// Grow with what arrives rather than reserving the 8 KiB cap:
+			// 5,000 slowloris sockets must not pin 40 MB.
+			c.need = min(2*len(data)+256, maxHandshake+1)
+			return 0
+		}
+		end += 4
+		if end > maxHandshake {
+			c.refuse(response431)
+			return len(data)
+		}
+		if !c.srv.handshake(c, data[:end], data[end:]) {
+			return len(data) // handed to net/http, or rejected and torn down
+		}
+		off = end
+	}
+	for off < len(data) {
+		limit := int64(c.srv.cfg.MaxMessage - len(c.msg))
+		h, ok, violation := wsframe.ParseHeader(data[off:], limit)
+		if violation != nil {
+			c.startClose(violation)
+			return len(data) // nothing after a broken frame can be trusted
+		}
+		if !ok {
+			c.need = wsframe.MaxHeaderSize + 4
+			break
+		}
+		total := h.Size + int(h.Length)
+		if len(data)-off < total {
+			// Reserve only what has a chance to arrive soon: a header that
+			// declares a large frame gets its buffer as the bytes come.
+			c.need = min(total, 2*(len(data)-off)+64<<10)
+			break
+		}
+		payload := data[off+h.Size : off+total]
+		ws.Cipher(payload, h.Mask, 0)
+		off += total
+		c.frame(h, payload)
+		if c.torn {
+			return len(data)
+		}
+	}
+	return off
+}
+
+// frame handles one complete, unmasked frame.
+func (c *Conn) frame(h wsframe.Header, p []byte) {
+	if c.getPhase() == phaseClosing {
+		if h.Op == ws.OpClose {
+			c.gotClose = true
+		}
+		return // the close handshake is under way: data is discarded
+	}
+	switch h.Op {
+	case ws.OpPing:
+		c.writeControl(ws.OpPong, p)
+		return
+	case ws.OpPong:
+		return
+	case ws.OpClose:
+		echo, ok := wsframe.CheckClosePayload(p)
+		if !ok {
+			c.startClose(wsframe.ErrBadClose)
+			return
+		}
+		c.gotClose = true
+		cause := wsframe.PeerClose(echo)
+		c.startClose(&cause)
+		return
+	case ws.OpBinary:
+		if c.msgOp != 0 {
+			c.startClose(wsframe.ErrBadContinuation)
+			return
+		}
+		c.startClose(wsframe.ErrBinary)
+		return
+	case ws.OpText:
+		if c.msgOp != 0 {
+			c.startClose(wsframe.ErrBadContinuation)
+			return
+		}
+		if h.Fin {
+			c.utf8.Reset()
+			if !c.utf8.Check(p, true) {
+				c.startClose(wsframe.ErrInvalidUTF8)
+				return
+			}
+			c.message(p)
+			return
+		}
+		c.msgOp, c.frags = ws.OpText, 1
+		c.utf8.Reset()
+		c.msg = append(c.msg[:0], p...)
+	case ws.OpContinuation:
+		if c.msgOp == 0 {
+			c.startClose(wsframe.ErrBadContinuation)
+			return
+		}
+		if c.frags++; c.frags > maxFragments {
+			c.startClose(wsframe.ErrTooManyFrags)
+			return
+		}
+		c.msg = append(c.msg, p...)
+	}
+	// A fragment of a text message was appended: fail fast on bad UTF-8,
+	// checking only the bytes this fragment added.
+	if !c.utf8.Check(c.msg, h.Fin) {
+		c.startClose(wsframe.ErrInvalidUTF8)
+		return
+	}
+	if h.Fin {
+		msg := c.msg
+		c.msg, c.msgOp, c.frags = nil, 0, 0
+		c.message(msg)
+	}
+}
+
+// message hands one complete text message to the session.
+func (c *Conn) message(p []byte) {
+	if hook := c.srv.testHookMessage; hook != nil {
+		hook(p)
+	}
+	c.sess.OnMessage(p, c.readyAt.Load())
+}
