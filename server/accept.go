@@ -14,7 +14,9 @@ import (
 // overloaded reports sustained pool overload: the backlog has stayed past
 // OverloadQueue for longer than overloadGrace, so admitting more clients
 // would only slow everyone. A burst that the workers catch up with (a
-// reconnect storm) sheds nobody.
+// reconnect storm) sheds nobody. The keeper calls it every tick as well as
+// admission, so a backlog seen deep twice, with shallow stretches between,
+// never counts as one sustained overload.
 func (s *Server) overloaded() bool {
 	if s.pool.Stats().Waiting <= s.cfg.OverloadQueue {
 		s.overloadSince.Store(0)
@@ -55,15 +57,23 @@ func (a *acceptor) openSpare() {
 // refuseOne uses the reserve fd to take one pending connection off the
 // listen queue and answer it 503, so a client past the fd limit is refused
 // instead of left hanging. Reports whether it did.
+//
+// The refused connection is read like any other, so that /healthz still
+// answers 200 to a liveness probe (the server is full, not dead) while
+// everything else gets 503; until it is closed the reserve is not
+// available, and the acceptor backs off.
 func (a *acceptor) refuseOne() bool {
 	if a.spare < 0 {
-		return false
+		a.openSpare() // the previous refused connection may be gone
+		if a.spare < 0 {
+			return false
+		}
 	}
 	syscall.Close(a.spare)
 	a.spare = -1
 	fd, _, err := syscall.Accept4(a.srv.lnFd, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
 	if err == nil {
-		a.srv.shedNow(fd)
+		a.srv.register(fd, true)
 	}
 	a.openSpare()
 	return err == nil
@@ -85,7 +95,7 @@ func (a *acceptor) onEvent(ev netpoll.EpollEvent) {
 			if s.overloaded() {
 				s.shedNow(fd)
 			} else {
-				s.register(fd)
+				s.register(fd, false)
 			}
 			continue
 		case err == syscall.EAGAIN:
@@ -124,10 +134,12 @@ func (a *acceptor) rearm() {
 	_ = a.srv.ep.Mod(a.srv.lnFd, netpoll.EPOLLIN|netpoll.EPOLLONESHOT)
 }
 
-// register adds an accepted socket to the reactor.
-func (s *Server) register(fd int) {
+// register adds an accepted socket to the reactor. An overflow connection
+// came in past the fd limit: it is only answered (see refuseOne).
+func (s *Server) register(fd int, overflow bool) {
 	_ = syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1)
 	c := newConn(s, fd, time.Now().UnixNano())
+	c.overflow = overflow
 	s.nconns.Add(1)
 	s.metrics.accepted.Inc()
 	s.conns.add(c)

@@ -97,9 +97,10 @@ func (c *Conn) teardown() {
 		c.fdClosed = true
 		_ = syscall.Close(c.fd)
 	}
-	c.out = nil
+	c.dropOutLocked(len(c.out))
 	c.wmu.Unlock()
 	c.in, c.msg = nil, nil
+	c.accountInbound()
 	s.conns.remove(c)
 	s.connClosed(c)
 }

@@ -47,6 +47,18 @@ type Config struct {
 	SendQueue int
 	// Presence turns join/leave notices on. Nil means on.
 	Presence *bool
+	// PresenceSummary is the member count above which join and leave
+	// notices are summarized once per broadcast round ("alice, bob and
+	// 1,312 others joined the chat") instead of sent one per client.
+	PresenceSummary int
+	// MaxOutbound bounds the bytes pending for all clients together;
+	// past it, broadcast rounds wait for clients to read (senders are told
+	// "Server busy" once the broadcast queue is full too).
+	MaxOutbound int
+	// MaxInbound bounds the bytes buffered for incomplete frames and
+	// fragmented messages of all clients together; past it, clients with
+	// partial input are not read until memory frees up.
+	MaxInbound int
 	// Origins lists the allowed cross-site Origins (scheme://host[:port]);
 	// same-origin and Origin-less requests are always allowed.
 	Origins []string
@@ -85,6 +97,9 @@ const (
 	DefaultSendQueue        = 1 << 20
 	DefaultShutdownTimeout  = 5 * time.Second
 	DefaultCloseLinger      = 2 * time.Second
+	DefaultPresenceSummary  = 2000
+	DefaultMaxOutbound      = 64 << 20
+	DefaultMaxInbound       = 64 << 20
 	DefaultNATSSubject      = "gochat.room"
 )
 
@@ -136,6 +151,15 @@ func (c Config) Defaults() Config {
 		on := true
 		c.Presence = &on
 	}
+	if c.PresenceSummary == 0 {
+		c.PresenceSummary = DefaultPresenceSummary
+	}
+	if c.MaxOutbound == 0 {
+		c.MaxOutbound = DefaultMaxOutbound
+	}
+	if c.MaxInbound == 0 {
+		c.MaxInbound = DefaultMaxInbound
+	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = DefaultShutdownTimeout
 	}
@@ -166,6 +190,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("gochat: rate %v / burst %d must be positive", c.Rate, c.Burst)
 	case c.SendQueue < 1024:
 		return fmt.Errorf("gochat: send-queue %d < 1024 bytes", c.SendQueue)
+	case c.MaxOutbound < c.SendQueue:
+		return fmt.Errorf("gochat: max-outbound %d < send-queue %d", c.MaxOutbound, c.SendQueue)
+	case c.MaxInbound < c.MaxMessage:
+		return fmt.Errorf("gochat: max-inbound %d < max-message %d", c.MaxInbound, c.MaxMessage)
+	case c.PresenceSummary < 0:
+		return fmt.Errorf("gochat: presence-summary %d < 0", c.PresenceSummary)
 	case c.JoinTimeout <= 0, c.PingInterval <= 0, c.PongTimeout <= 0, c.ShutdownTimeout <= 0, c.HandshakeTimeout <= 0:
 		return fmt.Errorf("gochat: timeouts and intervals must be positive")
 	case c.NATS != "" && !natsrelay.ValidSubject(c.NATSSubject):
@@ -202,6 +232,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.ErrorBudget, "error-budget", d.ErrorBudget, "bad messages per minute before a client is closed 1008")
 	fs.IntVar(&c.SendQueue, "send-queue", d.SendQueue, "outbound bytes pending per client before it is closed as a slow consumer")
 	fs.BoolVar(c.Presence, "presence", true, "send join/leave notices")
+	fs.IntVar(&c.PresenceSummary, "presence-summary", d.PresenceSummary, "member count above which join/leave notices are summarized once per broadcast round")
+	fs.IntVar(&c.MaxOutbound, "max-outbound", d.MaxOutbound, "bytes pending for all clients together; past it broadcasts wait for clients to read")
+	fs.IntVar(&c.MaxInbound, "max-inbound", d.MaxInbound, "bytes buffered for incomplete client messages together; past it such clients are not read until memory frees up")
 	fs.Func("origins", "comma-separated cross-site Origins allowed to connect (same-origin and Origin-less clients always are)", func(s string) error {
 		c.Origins = c.Origins[:0]
 		for _, o := range strings.Split(s, ",") {

@@ -62,7 +62,10 @@ type Conn struct {
 	msgOp    ws.OpCode           // opcode of the message in progress, 0 when none
 	frags    int                 // fragments in msg
 	utf8     wsframe.UTF8Checker // how much of msg is known valid
+	held     int                 // cap(in)+cap(msg) as counted in Server.inbound
+	parked   bool                // not read until a timer: inbound memory is over its bound
 	upgraded bool                // counted in Server.wsConns
+	overflow bool                // accepted past the fd limit: answered 503 (or /healthz 200), never upgraded
 	gotClose bool                // peer's close frame received
 	torn     bool                // teardown done
 
@@ -177,6 +180,9 @@ func (c *Conn) armLocked() {
 		return
 	}
 	var ev netpoll.EpollEvent = netpoll.EPOLLIN | netpoll.EPOLLRDHUP | netpoll.EPOLLONESHOT
+	if c.parked {
+		ev = netpoll.EPOLLONESHOT // the park timer reschedules the task
+	}
 	if len(c.out) > 0 {
 		ev |= netpoll.EPOLLOUT
 	}

@@ -43,18 +43,22 @@ func (s *Server) handshake(c *Conn, head, rest []byte) bool {
 // isWebSocketPath reports whether the request line targets /ws (any method:
 // gobwas answers a wrong method or a plain GET with the right 4xx).
 func isWebSocketPath(head []byte) bool {
+	path, _ := requestTarget(head)
+	return string(path) == "/ws"
+}
+
+// requestTarget splits the request line's target into path and query.
+func requestTarget(head []byte) (path, query []byte) {
 	sp := bytes.IndexByte(head, ' ')
 	if sp < 0 {
-		return false
+		return nil, nil
 	}
 	uri := head[sp+1:]
 	if end := bytes.IndexAny(uri, " \r"); end >= 0 {
 		uri = uri[:end]
 	}
-	if q := bytes.IndexByte(uri, '?'); q >= 0 {
-		uri = uri[:q]
-	}
-	return string(uri) == "/ws"
+	path, query, _ = bytes.Cut(uri, []byte("?"))
+	return path, query
 }
 
 // upgrader carries one upgrade through gobwas's callbacks. Pooled, so our
@@ -163,6 +167,8 @@ func (s *Server) originAllowed(origin, host []byte) bool {
 func (s *Server) handoff(c *Conn, head, rest []byte) {
 	buffered := make([]byte, 0, len(head)+len(rest))
 	buffered = append(append(buffered, head...), rest...)
+	c.in, c.msg = nil, nil // head and rest may live there: copied above
+	c.accountInbound()
 	_ = s.ep.Del(c.fd)
 	c.torn = true
 	c.wmu.Lock()

@@ -20,22 +20,25 @@ type cannedResponse struct {
 
 func (r *cannedResponse) count(m *metrics) { r.metric(m).Inc() }
 
-func canned(status int, extra string, metric func(*metrics) prometheus.Counter) *cannedResponse {
+func canned(status int, extra, body string, metric func(*metrics) prometheus.Counter) *cannedResponse {
 	return &cannedResponse{
 		bytes: []byte("HTTP/1.1 " + strconv.Itoa(status) + " " + http.StatusText(status) + "\r\n" +
-			"Connection: close\r\n" + extra + "Content-Length: 0\r\n\r\n"),
+			"Connection: close\r\n" + extra + "Content-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body),
 		metric: metric,
 	}
 }
 
 var (
 	// response400 answers every malformed upgrade (RELIABILITY 1).
-	response400 = canned(http.StatusBadRequest, "", func(m *metrics) prometheus.Counter { return m.handshakeRejects })
+	response400 = canned(http.StatusBadRequest, "", "", func(m *metrics) prometheus.Counter { return m.handshakeRejects })
 	// response431 answers a request head over maxHandshake.
-	response431 = canned(http.StatusRequestHeaderFieldsTooLarge, "", func(m *metrics) prometheus.Counter { return m.handshakeRejects })
+	response431 = canned(http.StatusRequestHeaderFieldsTooLarge, "", "", func(m *metrics) prometheus.Counter { return m.handshakeRejects })
 	// response503 sheds a connection at accept while the pool is overloaded
 	// or the process is out of fds: it fits any fresh socket buffer.
-	response503 = canned(http.StatusServiceUnavailable, "Retry-After: 1\r\n", func(m *metrics) prometheus.Counter { return m.shed })
+	response503 = canned(http.StatusServiceUnavailable, "Retry-After: 1\r\n", "", func(m *metrics) prometheus.Counter { return m.shed })
+	// responseHealthy answers /healthz on a connection accepted past the fd
+	// limit: the process is alive, only full (the same body as routes.go).
+	responseHealthy = canned(http.StatusOK, "Content-Type: text/plain; charset=utf-8\r\n", "ok\n", func(m *metrics) prometheus.Counter { return m.fullHealthz })
 )
 
 // Refusals decided inside gobwas's upgrade (after the head parsed), which

@@ -47,6 +47,7 @@ func (k *keeper) run() {
 }
 
 func (k *keeper) sweep(now int64) {
+	k.srv.overloaded() // samples the backlog, so that spikes apart never add up to "sustained"
 	cfg := &k.srv.cfg
 	silent := int64(cfg.PingInterval + cfg.PongTimeout)
 	k.srv.conns.each(func(c *Conn) {

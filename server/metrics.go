@@ -27,6 +27,8 @@ type metrics struct {
 	bytesOut         prometheus.Counter
 	slowConsumers    prometheus.Counter
 	panics           prometheus.Counter
+	inboundParks     prometheus.Counter
+	fullHealthz      prometheus.Counter
 	disconnects      *prometheus.CounterVec
 	timeouts         *prometheus.CounterVec
 }
@@ -60,6 +62,8 @@ func newMetrics(s *Server) *metrics {
 	m.chat.RateLimited = counter("rate_limited_total", "Messages refused by the per-client rate limit.")
 	m.chat.ErrorBudget = counter("error_budget_disconnects_total", "Clients closed 1008 for exhausting the error budget.")
 	m.chat.BusyRejects = counter("busy_rejects_total", "Messages refused because the broadcast queue was full.")
+	m.fullHealthz = counter("full_healthz_total", "/healthz requests answered 200 on the reserve fd while the process was out of fds.")
+	m.inboundParks = counter("inbound_parks_total", "Times a client with partial input was not read because inbound memory was over -max-inbound.")
 	m.panics = counter("handler_panics_total", "Panics in message handling (connection closed 1011).")
 	m.disconnects = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "gochat", Name: "disconnects_total",
 		Help: "Connections closed, by WebSocket close code sent (1006: dropped without a close frame)."}, []string{"code"})
@@ -79,6 +83,10 @@ func newMetrics(s *Server) *metrics {
 	gauge("connections", "Open connections owned by the reactor (handshaking, joining, joined, closing).",
 		func() float64 { return float64(s.nconns.Load()) })
 	gauge("members", "Clients joined to the chat.", func() float64 { return float64(s.hub.Members()) })
+	gauge("outbound_pending_bytes", "Bytes written by the server that clients have not taken yet (bounded by -max-outbound).",
+		func() float64 { return float64(s.outbound.Load()) })
+	gauge("inbound_buffered_bytes", "Bytes buffered for clients' incomplete frames and messages (bounded by -max-inbound).",
+		func() float64 { return float64(s.inbound.Load()) })
 	gauge("pool_size", "Worker pool capacity.", func() float64 { return float64(s.pool.Size()) })
 	gauge("pool_running", "Workers running tasks now.", func() float64 { return float64(s.pool.Stats().Running) })
 	gauge("pool_waiting", "Tasks queued behind busy workers now.", func() float64 { return float64(s.pool.Stats().Waiting) })

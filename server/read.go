@@ -21,15 +21,40 @@ const maxFragments = 1024
 // readBufs are the workers' read buffers: connections own none while idle.
 var readBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
+// Inbound memory. A connection holds buffers only while a frame or a
+// fragmented message is incomplete (in, msg); their sum over all
+// connections is Server.inbound, bounded by Config.MaxInbound. Past the
+// bound, a connection that holds partial input is not read (parked, and
+// TCP pushes back on its sender) until memory frees up, and the others are
+// read a little at a time, so that no client can make the server buffer
+// more than the bound plus a small read per connection.
+
+// parkFor is how long a parked connection waits before it is read again.
+const parkFor = 20 * time.Millisecond
+
+// smallRead is what a connection is read at a time while inbound memory
+// is over its bound: enough for an ordinary chat message.
+const smallRead = 512
+
 // readInput reads what the socket has, up to a budget, and consumes it.
 func (c *Conn) readInput() {
+	c.parked = false
 	bp := readBufs.Get().(*[]byte)
 	defer readBufs.Put(bp)
+	defer c.accountInbound()
 	buf := *bp
 	for range 8 { // budget: then re-arm, so one client cannot hog a worker
 		var data []byte
 		var n int
 		var err error
+		limit := len(buf)
+		if c.srv.inboundOver() {
+			if c.held > 0 {
+				c.park()
+				return
+			}
+			limit = smallRead
+		}
 		if len(c.in) > 0 {
 			if want := max(c.need, len(c.in)+512); cap(c.in) < want {
 				grown := make([]byte, len(c.in), want)
@@ -41,7 +66,7 @@ func (c *Conn) readInput() {
 				data = c.in[:len(c.in)+n]
 			}
 		} else {
-			n, err = syscall.Read(c.fd, buf)
+			n, err = syscall.Read(c.fd, buf[:limit])
 			if n > 0 {
 				data = buf[:n]
 			}
@@ -76,10 +101,27 @@ func (c *Conn) readInput() {
 		default: // data is the worker's buffer: keep the incomplete part
 			c.in = append(make([]byte, 0, max(c.need, len(rest)+512)), rest...)
 		}
-		if len(c.in) == 0 && n < len(buf) {
+		c.accountInbound()
+		if len(c.in) == 0 && n < limit {
 			return // short read: the socket is drained
 		}
 	}
+}
+
+// accountInbound brings Server.inbound up to date with this connection's
+// buffers.
+func (c *Conn) accountInbound() {
+	if held := cap(c.in) + cap(c.msg); held != c.held {
+		c.srv.inbound.Add(int64(held - c.held))
+		c.held = held
+	}
+}
+
+// park stops reading the connection for parkFor.
+func (c *Conn) park() {
+	c.parked = true
+	c.srv.metrics.inboundParks.Inc()
+	time.AfterFunc(parkFor, c.schedule)
 }
 
 // consume processes complete requests and frames at the start of data and
@@ -101,6 +143,14 @@ func (c *Conn) consume(data []byte) int {
 		end += 4
 		if end > maxHandshake {
 			c.refuse(response431)
+			return len(data)
+		}
+		if c.overflow {
+			if path, _ := requestTarget(data[:end]); string(path) == "/healthz" {
+				c.refuse(responseHealthy)
+			} else {
+				c.refuse(response503)
+			}
 			return len(data)
 		}
 		if !c.srv.handshake(c, data[:end], data[end:]) {

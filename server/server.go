@@ -64,11 +64,13 @@ type Server struct {
 	draining atomic.Bool  // shutdown started: refuse upgrades, no leave notices
 	nconns   atomic.Int64 // connections owned by the reactor
 	wsConns  atomic.Int64 // upgraded connections, for MaxConns
+	outbound atomic.Int64 // bytes pending in every Conn.out (write.go)
+	inbound  atomic.Int64 // bytes of every Conn's partial-input buffers (read.go)
 
 	overloadSince atomic.Int64 // unix nanos since the pool backlog passed OverloadQueue; 0 when not
 
 	drainOnce sync.Once
-	drained   chan struct{} // closed when draining and nconns reaches 0
+	drained   chan struct{} // closed when draining and wsConns reaches 0
 	stop      chan struct{} // closed when Serve must return
 	stopOnce  sync.Once
 	served    chan struct{} // closed when Serve has returned
@@ -118,6 +120,11 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		Presence:      cfg.presence(),
 		RoundInterval: cfg.RoundInterval,
 		Shards:        max(4, cfg.Workers),
+		// A reader that keeps up has at most a quarter of its send queue
+		// pending after any round.
+		MaxBatch:        max(cfg.SendQueue/4, 4<<10),
+		PresenceSummary: cfg.PresenceSummary,
+		OutboundFull:    func() bool { return s.outbound.Load() > int64(cfg.MaxOutbound) },
 	}, s.pool, &s.metrics.chat, relay, log)
 	fail := func(err error) (*Server, error) {
 		if s.relay != nil {
@@ -205,15 +212,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-s.drained:
 	case <-ctx.Done():
 		err = ctx.Err()
-		s.conns.each(func(c *Conn) { c.requestClose(causeDrop) })
-		select {
-		case <-s.drained:
-		case <-time.After(time.Second): // forced teardowns are quick; never hang exit
-		}
 	}
-	s.keeper.stopAndWait()
+	// Stop accepting, then drop whatever is left: clients that did not
+	// finish their close handshakes in time, and requests that arrived
+	// during the drain (refused, or still sending their head). Connections
+	// that keep arriving never hold the drain up: it waits only for the
+	// WebSocket clients it is closing.
 	_ = s.ep.Del(s.lnFd)
 	_ = s.ln.Close()
+	s.conns.each(func(c *Conn) { c.requestClose(causeDrop) })
+	for deadline := time.Now().Add(time.Second); s.nconns.Load() > 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond) // forced teardowns are quick; never hang exit
+	}
+	s.keeper.stopAndWait()
 	if s.accept.spare >= 0 {
 		_ = syscall.Close(s.accept.spare)
 	}
@@ -232,6 +243,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
+// inboundOver reports whether the connections' partial-input buffers are
+// over Config.MaxInbound.
+func (s *Server) inboundOver() bool { return s.inbound.Load() > int64(s.cfg.MaxInbound) }
+
 // connClosed accounts for a torn-down connection.
 func (s *Server) connClosed(c *Conn) {
 	if c.upgraded {
@@ -241,8 +256,10 @@ func (s *Server) connClosed(c *Conn) {
 	s.drainedCheck()
 }
 
+// drainedCheck closes drained once shutdown has begun and no WebSocket
+// client is left.
 func (s *Server) drainedCheck() {
-	if s.draining.Load() && s.nconns.Load() == 0 {
+	if s.draining.Load() && s.wsConns.Load() == 0 {
 		s.drainOnce.Do(func() { close(s.drained) })
 	}
 }

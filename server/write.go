@@ -41,7 +41,7 @@ func (c *Conn) Deliver(batch []byte) (ok bool, written int) {
 			if !ok && n > 0 {
 				// The kernel took part of a frame: finish that frame, or
 				// the close frame after it would land inside its payload.
-				c.out = append(c.out, batch[n:wsframe.FrameEnd(batch, n)]...)
+				c.appendOutLocked(batch[n:wsframe.FrameEnd(batch, n)])
 			}
 			c.armLocked()
 			return ok, n
@@ -84,7 +84,7 @@ func (c *Conn) writeFixedLocked(b []byte) {
 	if c.closeSent || c.fdClosed {
 		return
 	}
-	c.out = append(c.out, b...)
+	c.appendOutLocked(b)
 	c.flushLocked()
 }
 
@@ -99,8 +99,26 @@ func (c *Conn) queueLocked(b []byte) bool {
 		c.slowLocked()
 		return false
 	}
-	c.out = append(c.out, b...)
+	c.appendOutLocked(b)
 	return true
+}
+
+// appendOutLocked adds b to the pending output, counted in Server.outbound
+// (the global bound the hub's rounds wait on). Caller holds wmu.
+func (c *Conn) appendOutLocked(b []byte) {
+	c.out = append(c.out, b...)
+	c.srv.outbound.Add(int64(len(b)))
+}
+
+// dropOutLocked forgets the first n pending bytes (written, or never to be).
+// Caller holds wmu.
+func (c *Conn) dropOutLocked(n int) {
+	c.srv.outbound.Add(-int64(n))
+	if n == len(c.out) {
+		c.out = nil
+		return
+	}
+	c.out = c.out[:copy(c.out, c.out[n:])]
 }
 
 // flushLocked writes pending output until the kernel stops taking it.
@@ -110,11 +128,7 @@ func (c *Conn) flushLocked() {
 		n, err := syscall.Write(c.fd, c.out)
 		if n > 0 {
 			c.srv.metrics.bytesOut.Add(float64(n))
-			if n == len(c.out) {
-				c.out = nil
-				return
-			}
-			c.out = c.out[:copy(c.out, c.out[n:])]
+			c.dropOutLocked(n)
 			continue
 		}
 		switch err {
@@ -123,7 +137,7 @@ func (c *Conn) flushLocked() {
 		case syscall.EAGAIN:
 			c.armLocked() // wake the owner when writable
 		default:
-			c.out = nil // the peer is gone; the read side sees it too
+			c.dropOutLocked(len(c.out)) // the peer is gone; the read side sees it too
 			c.requestClose(causeDrop)
 		}
 		return

@@ -22,6 +22,17 @@ type Config struct {
 	Presence      bool          // join/leave notices
 	RoundInterval time.Duration // shortest time between broadcast rounds
 	Shards        int           // fan-out shards (tasks per round)
+	// PresenceSummary is the member count above which join and leave
+	// notices are summarized, one per kind per round ("alice, bob and
+	// 1,312 others joined the chat"), instead of one per client: a
+	// reconnect storm in a large chat is O(n) frames, not O(n²).
+	PresenceSummary int
+	// MaxBatch caps the bytes of frames one round hands to each member, so
+	// that a reader that keeps up never has more than that pending.
+	MaxBatch int
+	// OutboundFull, if set, reports that the transport's pending output
+	// is over its global bound: rounds wait until it drains.
+	OutboundFull func() bool
 }
 
 // Metrics are the chat layer's series; the server defines and registers
@@ -132,13 +143,20 @@ func (h *Hub) leave(s *Session) {
 	h.metrics.Leaves.Inc()
 	h.log.Debug("leave", "conn", s.id)
 	if h.cfg.Presence && !h.draining.Load() {
-		h.notice(s.name, " left the chat")
+		h.notice(s.name, left)
 	}
 }
 
-// notice broadcasts a System notice "<name><what>".
-func (h *Hub) notice(name, what string) {
-	var b [chatmsg.MaxUsername*4 + 32]byte
-	content := append(append(b[:0], name...), what...)
-	_ = h.Publish(chatmsg.SystemName, content)
+// notice tells every member that name joined or left. In a large chat, or
+// when the broadcast queue is full, it is left to the round's summary
+// (rounds.summarize); a notice is never dropped.
+func (h *Hub) notice(name string, kind noticeKind) {
+	if h.Members() <= h.cfg.PresenceSummary {
+		var b [chatmsg.MaxUsername*4 + 32]byte
+		content := append(append(b[:0], name...), noticeText[kind]...)
+		if h.Publish(chatmsg.SystemName, content) == nil {
+			return
+		}
+	}
+	h.rounds.pendNotice(name, kind)
 }

@@ -30,6 +30,8 @@ type rounds struct {
 	running  bool       // a round is in flight, or due on a timer (next)
 	spare    []byte     // the previous round's buffer, reused
 
+	summaries [2]summary // joins and leaves waiting for the next round (presence.go)
+
 	// The round in flight. Written only between rounds, read-only while
 	// one runs.
 	batch       []byte
@@ -94,7 +96,7 @@ func (r *rounds) enqueue(name string, content []byte) error {
 		h.metrics.BusyRejects.Inc()
 		return chatmsg.ErrServerBusy
 	}
-	if r.queued == 0 {
+	if r.emptyLocked() {
 		r.queuedAt = time.Now()
 	}
 	// content is only read during the call, so viewing it as a string is safe.
@@ -103,16 +105,20 @@ func (r *rounds) enqueue(name string, content []byte) error {
 		return chatmsg.AppendChat(b, name, text)
 	})
 	r.queued++
-	idle := !r.running
-	if idle {
-		r.running = true // a round is now due: started below or by a timer
-	}
-	r.qmu.Unlock()
 	h.metrics.Published.Inc()
+	r.kickLocked()
+	return nil
+}
+
+// kickLocked makes sure a round is due and unlocks qmu: an idle hub starts
+// one at once. Caller holds qmu.
+func (r *rounds) kickLocked() {
+	idle := !r.running
+	r.running = true // a round is now due: started below, or by whoever runs one
+	r.qmu.Unlock()
 	if idle {
 		r.next()
 	}
-	return nil
 }
 
 // next starts a round with what is queued, once the fan-out has rested
@@ -132,11 +138,15 @@ func (r *rounds) next() {
 		time.AfterFunc(wait, r.next)
 		return
 	}
+	if full := r.h.cfg.OutboundFull; full != nil && full() {
+		// The members' pending output is over its global bound: let the
+		// transport drain it first. Publishers meanwhile fill the queue up
+		// to maxQueue and are then told the server is busy.
+		time.AfterFunc(outboundWait, r.next)
+		return
+	}
 	r.qmu.Lock()
-	r.batch, r.queue = r.queue, r.spare[:0]
-	r.spare = nil
-	r.batchFrames, r.batchAt = r.queued, r.queuedAt
-	r.queued = 0
+	r.takeBatchLocked()
 	r.qmu.Unlock()
 	r.start = now
 	shards := r.h.shards
@@ -146,6 +156,31 @@ func (r *rounds) next() {
 			r.shardDone() // pool closed at shutdown: nobody to deliver to
 		}
 	}
+}
+
+// outboundWait is how long a round waits for the transport's pending
+// output to fall back under its bound before it looks again.
+const outboundWait = 5 * time.Millisecond
+
+// takeBatchLocked moves what is queued, up to MaxBatch bytes of whole
+// frames, into the round's batch; the rest waits for the next round.
+// Caller holds qmu.
+func (r *rounds) takeBatchLocked() {
+	r.appendSummariesLocked()
+	r.batchAt = r.queuedAt
+	if limit := r.h.cfg.MaxBatch; limit > 0 && len(r.queue) > limit {
+		end, frames := wsframe.SplitFrames(r.queue, limit)
+		r.batch = append(r.spare[:0], r.queue[:end]...)
+		r.queue = r.queue[:copy(r.queue, r.queue[end:])]
+		r.batchFrames = frames
+		r.queued -= frames
+		r.queuedAt = time.Now() // the rest is as old as this round, at most
+	} else {
+		r.batch, r.queue = r.queue, r.spare[:0]
+		r.batchFrames = r.queued
+		r.queued = 0
+	}
+	r.spare = nil
 }
 
 // Run fans the current batch out to the shard's members. It is the shard's
@@ -186,7 +221,7 @@ func (r *rounds) shardDone() {
 	r.qmu.Lock()
 	r.spare = r.batch[:0]
 	r.batch = nil
-	if r.queued == 0 {
+	if r.emptyLocked() {
 		r.running = false
 		r.qmu.Unlock()
 		return

@@ -105,7 +105,7 @@ func (s *Session) join(m chatmsg.Message, err error) {
 		}
 	}
 	if h.cfg.Presence {
-		h.notice(name, " joined the chat")
+		h.notice(name, joined)
 	}
 }
 

@@ -143,14 +143,34 @@ func AppendFramed(dst []byte, op ws.OpCode, encode func([]byte) []byte) []byte {
 func FrameEnd(frames []byte, n int) int {
 	pos := 0
 	for pos < n && pos < len(frames) {
-		size, length := 2, int(frames[pos+1]&0x7f)
-		switch length {
-		case 126:
-			size, length = 4, int(binary.BigEndian.Uint16(frames[pos+2:]))
-		case 127:
-			size, length = 10, int(binary.BigEndian.Uint64(frames[pos+2:]))
-		}
-		pos += size + length
+		pos += frameSize(frames[pos:])
 	}
 	return min(pos, len(frames))
+}
+
+// SplitFrames returns the longest prefix of frames (a run of complete
+// server frames) that holds whole frames and at most limit bytes, but
+// always at least one frame, and how many frames it holds.
+func SplitFrames(frames []byte, limit int) (end, count int) {
+	for end < len(frames) {
+		next := end + frameSize(frames[end:])
+		if count > 0 && next > limit {
+			break
+		}
+		end = next
+		count++
+	}
+	return min(end, len(frames)), count
+}
+
+// frameSize is the length of the server frame at the start of b.
+func frameSize(b []byte) int {
+	switch n := int(b[1] & 0x7f); n {
+	case 126:
+		return 4 + int(binary.BigEndian.Uint16(b[2:]))
+	case 127:
+		return 10 + int(binary.BigEndian.Uint64(b[2:]))
+	default:
+		return 2 + n
+	}
 }

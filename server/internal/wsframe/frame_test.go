@@ -282,3 +282,22 @@ func TestFrameEndFindsTheBoundaryAfterAPartialWrite(t *testing.T) {
 		start = end
 	}
 }
+
+func TestSplitFramesTakesWholeFramesUpToTheLimit(t *testing.T) {
+	var frames []byte
+	for _, n := range []int{10, 10, 200, 10} { // 12, 12, 204, 12 bytes
+		frames = AppendFrame(frames, ws.OpText, bytes.Repeat([]byte("x"), n))
+	}
+	for _, tc := range []struct{ limit, end, count int }{
+		{0, 12, 1}, // always at least one frame
+		{12, 12, 1},
+		{30, 24, 2},
+		{227, 24, 2},
+		{228, 228, 3},
+		{1 << 20, 240, 4},
+	} {
+		if end, count := SplitFrames(frames, tc.limit); end != tc.end || count != tc.count {
+			t.Errorf("limit %d: (%d, %d), want (%d, %d)", tc.limit, end, count, tc.end, tc.count)
+		}
+	}
+}

@@ -1,0 +1,88 @@
+package chat
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"gochat/server/internal/chatmsg"
+	"gochat/server/internal/wsframe"
+)
+
+// noticeKind is a presence notice: a join or a leave.
+type noticeKind int
+
+const (
+	joined noticeKind = iota
+	left
+)
+
+var noticeText = [...]string{joined: " joined the chat", left: " left the chat"}
+
+// summary is the joins or leaves of one kind waiting for the next round in
+// a large chat: the first two names and how many there are in all.
+type summary struct {
+	names [2]string
+	n     int
+}
+
+// pendNotice adds a join or leave to the next round's summary and makes
+// sure a round is due.
+func (r *rounds) pendNotice(name string, kind noticeKind) {
+	r.qmu.Lock()
+	if r.emptyLocked() {
+		r.queuedAt = time.Now()
+	}
+	sm := &r.summaries[kind]
+	if sm.n < len(sm.names) {
+		sm.names[sm.n] = name
+	}
+	sm.n++
+	r.kickLocked()
+}
+
+// emptyLocked reports whether nothing waits for a round. Caller holds qmu.
+func (r *rounds) emptyLocked() bool {
+	return r.queued == 0 && r.summaries[joined].n == 0 && r.summaries[left].n == 0
+}
+
+// appendSummariesLocked frames the pending summaries after the queued
+// frames ("alice joined the chat", "alice and bob joined the chat",
+// "alice, bob and 1,312 others joined the chat") and clears them. Caller
+// holds qmu.
+func (r *rounds) appendSummariesLocked() {
+	for kind := range r.summaries {
+		sm := &r.summaries[kind]
+		if sm.n == 0 {
+			continue
+		}
+		text := summaryText(sm, noticeKind(kind))
+		r.queue = wsframe.AppendFramed(r.queue, ws.OpText, func(b []byte) []byte {
+			return chatmsg.AppendChat(b, chatmsg.SystemName, text)
+		})
+		r.queued++
+		*sm = summary{}
+	}
+}
+
+func summaryText(sm *summary, kind noticeKind) string {
+	switch sm.n {
+	case 1:
+		return sm.names[0] + noticeText[kind]
+	case 2:
+		return sm.names[0] + " and " + sm.names[1] + noticeText[kind]
+	case 3:
+		return sm.names[0] + ", " + sm.names[1] + " and 1 other" + noticeText[kind]
+	}
+	return sm.names[0] + ", " + sm.names[1] + " and " + groupThousands(sm.n-2) + " others" + noticeText[kind]
+}
+
+// groupThousands writes n with thousands separators: 1312 → "1,312".
+func groupThousands(n int) string {
+	s := strconv.Itoa(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
+}
