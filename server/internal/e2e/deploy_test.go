@@ -404,7 +404,10 @@ func TestDockerignoreKeepsSourcesAndDropsNoise(t *testing.T) {
 		}
 	}
 	for _, p := range []string{".git/HEAD", ".git/objects/pack/x.pack", "server/server.test", "gochat",
-		"cpu.prof", "bench/out/run1.json", "server/chat_test.go"} {
+		"cpu.prof", "bench/out/run1.json", "server/chat_test.go",
+		// The nested test module: not part of the binary's build.
+		"server/internal/e2e/go.mod", "server/internal/e2e/go.sum", "server/internal/e2e/doc.go",
+		"server/internal/e2e/harness_test.go"} {
 		if !excluded(p) {
 			t.Errorf(".dockerignore lets %s into the build context", p)
 		}
