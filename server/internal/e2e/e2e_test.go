@@ -1,9 +1,9 @@
-package main
+package e2e
 
 // Browser end-to-end test: the real gochat binary, the embedded web page and a
 // real headless Chromium (Debian's /usr/bin/chromium), driven with chromedp.
 //
-// Run with:  go test -run E2E -v .
+// Run from server/internal/e2e:  go test -run E2E -v .
 // Set GOCHAT_E2E_SCREENSHOTS=/some/dir to also save PNG screenshots of the tabs.
 
 import (
@@ -13,10 +13,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -46,20 +44,12 @@ func TestE2EBrowserChat(t *testing.T) {
 		t.Skipf("%s not installed; skipping the browser end-to-end test", e2eChromium)
 	}
 
-	bin := buildGochat(t)
-	addr := freeLoopbackAddr(t)
+	// Every server process belongs to this test (not to the subtest that
+	// restarts it): it runs until the test ends and its output is shown if
+	// anything failed.
+	srv := startGochat(t, gochatOpts{})
+	addr := srv.addr
 	base := "http://" + addr
-	srv := startGochat(t, bin, addr)
-	var logs []*lockedBuffer // output of every server process, shown on failure
-	logs = append(logs, srv.out)
-	t.Cleanup(func() {
-		srv.stop(t, syscall.SIGKILL)
-		if t.Failed() {
-			for i, l := range logs {
-				t.Logf("gochat process %d output:\n%s", i+1, l)
-			}
-		}
-	})
 
 	t.Run("page and assets are served under a strict CSP", func(t *testing.T) {
 		checkServedPage(t, base)
@@ -133,6 +123,7 @@ func TestE2EBrowserChat(t *testing.T) {
 		carol.close()
 	})
 
+	parent := t
 	for _, restart := range []struct {
 		name string
 		sig  syscall.Signal
@@ -142,15 +133,14 @@ func TestE2EBrowserChat(t *testing.T) {
 		{"the page reconnects and rejoins after the server is killed", syscall.SIGKILL, "killed"},
 	} {
 		ok = t.Run(restart.name, func(t *testing.T) {
-			srv.stop(t, restart.sig)
+			t.Logf("gochat stopped with %v: %s", restart.sig, srv.stop(t, restart.sig))
 			for _, tb := range []*e2eTab{alice, bob} {
 				tb.waitFor(t, tb.name+" shows it is disconnected and reconnecting",
 					`document.getElementById('status').textContent.startsWith('disconnected') &&
 					 document.getElementById('status').textContent.includes('reconnecting')`)
 			}
 			alice.screenshot(t, "4-"+restart.tag+"-down")
-			srv = startGochat(t, bin, addr)
-			logs = append(logs, srv.out)
+			srv = startGochat(t, gochatOpts{addr: addr, owner: parent})
 			for _, tb := range []*e2eTab{alice, bob} {
 				tb.waitFor(t, tb.name+" is connected again, still in the chat view",
 					`document.getElementById('status').textContent === 'connected' &&
@@ -185,117 +175,7 @@ func TestE2EBrowserChat(t *testing.T) {
 	})
 }
 
-// ---- server process -------------------------------------------------------
-
-// buildGochat returns the real binary, built once per test run
-// (relBinary in reliability_process_test.go).
-func buildGochat(t *testing.T) string { return relBinary(t) }
-
-func freeLoopbackAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
-}
-
-type gochatProc struct {
-	cmd  *exec.Cmd
-	out  *lockedBuffer
-	done chan struct{}
-	err  error
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// startGochat starts the binary on addr and waits until /healthz answers 200.
-func startGochat(t *testing.T, bin, addr string) *gochatProc {
-	t.Helper()
-	deadline := time.Now().Add(e2eWait)
-	for {
-		p, err := tryStartGochat(bin, addr, deadline)
-		if err == nil {
-			return p // the caller stops it
-		}
-		// The port can be briefly unavailable right after a restart.
-		if time.Now().After(deadline) {
-			t.Fatalf("starting gochat on %s: %v", addr, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-func tryStartGochat(bin, addr string, deadline time.Time) (*gochatProc, error) {
-	p := &gochatProc{out: &lockedBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, "-addr", addr)
-	p.cmd.Stdout = p.out
-	p.cmd.Stderr = p.out
-	if err := p.cmd.Start(); err != nil {
-		return nil, err
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		close(p.done)
-	}()
-	client := &http.Client{Timeout: time.Second}
-	for {
-		select {
-		case <-p.done:
-			return nil, fmt.Errorf("exited early: %v\n%s", p.err, p.out)
-		default:
-		}
-		resp, err := client.Get("http://" + addr + "/healthz")
-		if err == nil {
-			io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p, nil
-			}
-		}
-		if time.Now().After(deadline) {
-			p.cmd.Process.Kill()
-			<-p.done
-			return nil, fmt.Errorf("/healthz not ready in time (last error %v)\n%s", err, p.out)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// stop sends sig and waits for the process to exit (SIGKILL after the wait bound).
-func (p *gochatProc) stop(t *testing.T, sig syscall.Signal) {
-	t.Helper()
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-	case <-time.After(e2eWait):
-		t.Errorf("gochat did not exit %v after %v; killing it", e2eWait, sig)
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
+// ---- the page over HTTP ---------------------------------------------------
 
 func checkServedPage(t *testing.T, base string) {
 	for _, c := range []struct{ path, ctype, body string }{

@@ -1,9 +1,10 @@
-package main
+package e2e
 
 // Deployment checks: the Dockerfile, .dockerignore and docker-compose.yml are
 // parsed with the same libraries that Docker uses (BuildKit's Dockerfile
 // parser and shell lexer, compose-go's loader and schema, moby's
-// patternmatcher), so these tests need no Docker engine.
+// patternmatcher), so these tests need no Docker engine. The files are read
+// at the repository root (repoRoot), wherever the tests run from.
 
 import (
 	"context"
@@ -42,7 +43,7 @@ type dockerStage struct {
 
 func parseDockerfile(t *testing.T) []dockerStage {
 	t.Helper()
-	f, err := os.Open("Dockerfile")
+	f, err := os.Open(repoFile(t, "Dockerfile"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +184,7 @@ func TestDockerfilePinsBuildImageToGoVersionOfGoMod(t *testing.T) {
 	}
 	// The toolchain in the image must satisfy go.mod, or the build would try to
 	// download another toolchain inside the container.
-	gomod, err := os.ReadFile("go.mod")
+	gomod, err := os.ReadFile(repoFile(t, "go.mod"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -369,7 +370,7 @@ func TestDockerfileHealthcheckAndEntrypointRunTheBinary(t *testing.T) {
 // ---- .dockerignore ----------------------------------------------------------
 
 func TestDockerignoreKeepsSourcesAndDropsNoise(t *testing.T) {
-	f, err := os.Open(".dockerignore")
+	f, err := os.Open(repoFile(t, ".dockerignore"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -403,7 +404,10 @@ func TestDockerignoreKeepsSourcesAndDropsNoise(t *testing.T) {
 		}
 	}
 	for _, p := range []string{".git/HEAD", ".git/objects/pack/x.pack", "server/server.test", "gochat",
-		"cpu.prof", "bench/out/run1.json", "server/chat_test.go"} {
+		"cpu.prof", "bench/out/run1.json", "server/chat_test.go",
+		// The nested test module: not part of the binary's build.
+		"server/internal/e2e/go.mod", "server/internal/e2e/go.sum", "server/internal/e2e/doc.go",
+		"server/internal/e2e/harness_test.go"} {
 		if !excluded(p) {
 			t.Errorf(".dockerignore lets %s into the build context", p)
 		}
@@ -414,10 +418,7 @@ func TestDockerignoreKeepsSourcesAndDropsNoise(t *testing.T) {
 
 func composeDetails(t *testing.T) types.ConfigDetails {
 	t.Helper()
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
+	wd := repoRoot(t)
 	return types.ConfigDetails{
 		WorkingDir:  wd,
 		ConfigFiles: []types.ConfigFile{{Filename: filepath.Join(wd, "docker-compose.yml")}},
@@ -460,7 +461,7 @@ func TestComposeBuildsImageFromRepoDockerfile(t *testing.T) {
 	if svc.Build == nil {
 		t.Fatal("service gochat has no build section")
 	}
-	wd, _ := os.Getwd()
+	wd := repoRoot(t)
 	if filepath.Clean(svc.Build.Context) != wd {
 		t.Errorf("build context %q, want the repository root %q", svc.Build.Context, wd)
 	}

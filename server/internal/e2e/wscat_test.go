@@ -1,4 +1,4 @@
-package main
+package e2e
 
 // The README's wscat session, replayed with the real wscat (npm install -g
 // wscat) against the real binary. wscat reads a terminal: with a pipe for
@@ -6,7 +6,9 @@ package main
 // "Connected" line to wait for, so each wscat runs on a pseudo-terminal, as
 // on a user's screen.
 //
-// Run with:  go test -run Wscat -v .
+// Run from server/internal/e2e:  go test -run Wscat -v .
+// Set GOCHAT_WSCAT_SESSION=/some/file to also save the session as shown on
+// the two terminals (for the README).
 
 import (
 	"fmt"
@@ -23,9 +25,9 @@ import (
 )
 
 const (
-	wscatWait        = 10 * time.Second // upper bound for any one observable condition
-	wscatSessionFile = "/tmp/wscat_session.txt"
-	wscatConnected   = "Connected (press CTRL+C to quit)"
+	wscatWait       = 20 * time.Second // upper bound for any one observable condition (a hang bound)
+	wscatSessionEnv = "GOCHAT_WSCAT_SESSION"
+	wscatConnected  = "Connected (press CTRL+C to quit)"
 )
 
 func TestWscatReadmeSession(t *testing.T) {
@@ -43,16 +45,9 @@ func TestWscatReadmeSession(t *testing.T) {
 		t.Logf("wscat %s", strings.TrimSpace(string(out)))
 	}
 
-	bin := buildGochat(t)
-	addr := freeLoopbackAddr(t)
-	srv := startGochat(t, bin, addr)
-	t.Cleanup(func() {
-		srv.stop(t, syscall.SIGINT)
-		if t.Failed() {
-			t.Logf("gochat output:\n%s", srv.out)
-		}
-	})
-	url := "ws://" + addr + "/ws"
+	srv := startGochat(t, gochatOpts{})
+	t.Cleanup(func() { t.Logf("gochat stopped with SIGINT: %s", srv.stop(t, syscall.SIGINT)) })
+	url := "ws://" + srv.addr + "/ws"
 
 	// Terminal 1: alice.
 	alice := startWscat(t, "alice", wscatBin, url)
@@ -116,10 +111,14 @@ func TestWscatReadmeSession(t *testing.T) {
 			b.WriteString("\n")
 		}
 	}
-	if err := os.WriteFile(wscatSessionFile, []byte(b.String()), 0o644); err != nil {
-		t.Errorf("writing %s: %v", wscatSessionFile, err)
+	// Written only on request: a fixed path (it was /tmp/wscat_session.txt)
+	// would be shared by every concurrent run on the machine.
+	if file := os.Getenv(wscatSessionEnv); file != "" {
+		if err := os.WriteFile(file, []byte(b.String()), 0o644); err != nil {
+			t.Errorf("writing %s: %v", file, err)
+		}
 	}
-	t.Logf("session (also in %s):\n%s", wscatSessionFile, b.String())
+	t.Logf("session:\n%s", b.String())
 }
 
 // wscatTerm is one wscat process on a pseudo-terminal, and what its screen
