@@ -35,6 +35,9 @@ type Config struct {
 	PingInterval time.Duration
 	// PongTimeout is how long past a ping interval a silent client is kept.
 	PongTimeout time.Duration
+	// WriteTimeout is how long a client may leave pending output untouched
+	// (not read a single byte) before it is closed as a slow consumer.
+	WriteTimeout time.Duration
 	// Rate is the sustained chat messages per second allowed per client.
 	Rate float64
 	// Burst is how many messages a client may send at once above Rate.
@@ -91,6 +94,7 @@ const (
 	DefaultHandshakeTimeout = 5 * time.Second
 	DefaultPingInterval     = 25 * time.Second
 	DefaultPongTimeout      = 10 * time.Second
+	DefaultWriteTimeout     = 10 * time.Second
 	DefaultRate             = 10
 	DefaultBurst            = 20
 	DefaultErrorBudget      = 5
@@ -134,6 +138,9 @@ func (c Config) Defaults() Config {
 	}
 	if c.PongTimeout == 0 {
 		c.PongTimeout = DefaultPongTimeout
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = DefaultWriteTimeout
 	}
 	if c.Rate == 0 {
 		c.Rate = DefaultRate
@@ -196,7 +203,7 @@ func (c Config) Validate() error {
 		return fmt.Errorf("gochat: max-inbound %d < max-message %d", c.MaxInbound, c.MaxMessage)
 	case c.PresenceSummary < 0:
 		return fmt.Errorf("gochat: presence-summary %d < 0", c.PresenceSummary)
-	case c.JoinTimeout <= 0, c.PingInterval <= 0, c.PongTimeout <= 0, c.ShutdownTimeout <= 0, c.HandshakeTimeout <= 0:
+	case c.JoinTimeout <= 0, c.PingInterval <= 0, c.PongTimeout <= 0, c.ShutdownTimeout <= 0, c.HandshakeTimeout <= 0, c.WriteTimeout <= 0:
 		return fmt.Errorf("gochat: timeouts and intervals must be positive")
 	case c.NATS != "" && !natsrelay.ValidSubject(c.NATSSubject):
 		return fmt.Errorf("gochat: nats-subject %q: want dot-separated tokens, no wildcards or spaces", c.NATSSubject)
@@ -227,6 +234,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", d.HandshakeTimeout, "absolute deadline for the HTTP upgrade request")
 	fs.DurationVar(&c.PingInterval, "ping-interval", d.PingInterval, "interval between server pings")
 	fs.DurationVar(&c.PongTimeout, "pong-timeout", d.PongTimeout, "silence allowed past a ping interval before a client is dropped")
+	fs.DurationVar(&c.WriteTimeout, "write-timeout", d.WriteTimeout, "time a client may leave pending output unread before it is closed as a slow consumer")
 	fs.Float64Var(&c.Rate, "rate", d.Rate, "chat messages per second allowed per client")
 	fs.IntVar(&c.Burst, "burst", d.Burst, "messages a client may send at once above -rate")
 	fs.IntVar(&c.ErrorBudget, "error-budget", d.ErrorBudget, "bad messages per minute before a client is closed 1008")

@@ -54,6 +54,7 @@ type Conn struct {
 	lastRead atomic.Int64                       // unix nanos of the last byte read; keepalive
 	lastPing atomic.Int64                       // unix nanos of the last ping sent
 	deadline atomic.Int64                       // unix nanos: handshake, join or close-linger deadline
+	stuckAt  atomic.Int64                       // unix nanos since pending output last moved; 0 when none is pending
 
 	// Read state. Owned by the task.
 	in       []byte              // bytes of an incomplete frame or request; nil when none

@@ -20,7 +20,7 @@ type keeper struct {
 // deadline, coarse enough to cost nothing at rest.
 func (k *keeper) tick() time.Duration {
 	cfg := k.srv.cfg
-	d := min(cfg.PingInterval, cfg.PongTimeout, cfg.JoinTimeout, cfg.HandshakeTimeout, cfg.CloseLinger) / 4
+	d := min(cfg.PingInterval, cfg.PongTimeout, cfg.JoinTimeout, cfg.HandshakeTimeout, cfg.CloseLinger, cfg.WriteTimeout) / 4
 	return min(max(d, 10*time.Millisecond), time.Second)
 }
 
@@ -69,6 +69,16 @@ func (k *keeper) sweep(now int64) {
 				c.requestClose(causeJoinTimeout)
 				return
 			}
+		}
+		if stuck := c.stuckAt.Load(); stuck != 0 && now-stuck > int64(cfg.WriteTimeout) {
+			// Output pending and not one byte taken for WriteTimeout: the
+			// peer does not read. Without this, clients just under their
+			// send queue could hold the global outbound bound, and with it
+			// every broadcast, for ever.
+			k.srv.metrics.timeouts.WithLabelValues("write").Inc()
+			k.srv.metrics.slowConsumers.Inc()
+			c.requestClose(causeSlowConsumer)
+			return
 		}
 		if now-c.lastRead.Load() > silent {
 			k.srv.metrics.timeouts.WithLabelValues("pong").Inc()

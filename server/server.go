@@ -183,6 +183,9 @@ func (s *Server) Serve() error {
 	defer close(s.served)
 	go func() { _ = s.http.Serve(s.httpLn) }()
 	if err := s.ep.Add(s.lnFd, netpoll.EPOLLIN|netpoll.EPOLLONESHOT, s.accept.onEvent); err != nil {
+		if s.draining.Load() {
+			return nil // Shutdown came first and closed the listener
+		}
 		return fmt.Errorf("gochat: register listener: %w", err)
 	}
 	go s.keeper.run()

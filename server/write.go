@@ -2,6 +2,7 @@ package server
 
 import (
 	"syscall"
+	"time"
 
 	"github.com/gobwas/ws"
 
@@ -106,6 +107,9 @@ func (c *Conn) queueLocked(b []byte) bool {
 // appendOutLocked adds b to the pending output, counted in Server.outbound
 // (the global bound the hub's rounds wait on). Caller holds wmu.
 func (c *Conn) appendOutLocked(b []byte) {
+	if len(c.out) == 0 && len(b) > 0 {
+		c.stuckAt.Store(time.Now().UnixNano())
+	}
 	c.out = append(c.out, b...)
 	c.srv.outbound.Add(int64(len(b)))
 }
@@ -116,9 +120,11 @@ func (c *Conn) dropOutLocked(n int) {
 	c.srv.outbound.Add(-int64(n))
 	if n == len(c.out) {
 		c.out = nil
+		c.stuckAt.Store(0)
 		return
 	}
 	c.out = c.out[:copy(c.out, c.out[n:])]
+	c.stuckAt.Store(time.Now().UnixNano()) // the peer is reading: it moved
 }
 
 // flushLocked writes pending output until the kernel stops taking it.
