@@ -2,6 +2,7 @@ package server
 
 import (
 	"errors"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -41,42 +42,54 @@ const overloadGrace = time.Second
 type acceptor struct {
 	srv     *Server
 	backoff time.Duration // current EMFILE back-off; poller goroutine only
-	spare   int           // reserve fd (/dev/null) given up to refuse a client at EMFILE; -1 if none
+	spare   atomic.Int64  // reserve fd (/dev/null) given up to refuse a client at EMFILE; -1 if none
 }
 
 // openSpare reserves one fd for refusing clients cleanly when the process
-// is out of fds.
+// is out of fds, unless one is reserved already. Safe for concurrent use:
+// the poller takes the reserve, and the refused connection's teardown
+// restores it.
 func (a *acceptor) openSpare() {
+	if a.spare.Load() >= 0 {
+		return
+	}
 	fd, err := syscall.Open("/dev/null", syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
 	if err != nil {
-		fd = -1
+		return
 	}
-	a.spare = fd
+	if !a.spare.CompareAndSwap(-1, int64(fd)) {
+		syscall.Close(fd) // restored meanwhile
+	}
+}
+
+// closeSpare gives the reserve fd up for good (shutdown).
+func (a *acceptor) closeSpare() {
+	if fd := a.spare.Swap(-1); fd >= 0 {
+		syscall.Close(int(fd))
+	}
 }
 
 // refuseOne uses the reserve fd to take one pending connection off the
-// listen queue and answer it 503, so a client past the fd limit is refused
-// instead of left hanging. Reports whether it did.
+// listen queue and answer it, so a client past the fd limit is refused
+// instead of left hanging. Reports whether it did. Poller goroutine only.
 //
 // The refused connection is read like any other, so that /healthz still
 // answers 200 to a liveness probe (the server is full, not dead) while
-// everything else gets 503; until it is closed the reserve is not
-// available, and the acceptor backs off.
+// everything else gets 503. Its teardown restores the reserve.
 func (a *acceptor) refuseOne() bool {
-	if a.spare < 0 {
-		a.openSpare() // the previous refused connection may be gone
-		if a.spare < 0 {
-			return false
-		}
+	a.openSpare() // in case a restore failed earlier
+	fd := a.spare.Swap(-1)
+	if fd < 0 {
+		return false
 	}
-	syscall.Close(a.spare)
-	a.spare = -1
-	fd, _, err := syscall.Accept4(a.srv.lnFd, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
-	if err == nil {
-		a.srv.register(fd, true)
+	syscall.Close(int(fd))
+	cfd, _, err := syscall.Accept4(a.srv.lnFd, syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
+	if err != nil {
+		a.openSpare()
+		return false
 	}
-	a.openSpare()
-	return err == nil
+	a.srv.register(cfd, true)
+	return true
 }
 
 // onEvent accepts up to a budget, then re-arms the listener. When the

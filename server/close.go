@@ -103,4 +103,7 @@ func (c *Conn) teardown() {
 	c.accountInbound()
 	s.conns.remove(c)
 	s.connClosed(c)
+	if c.overflow {
+		s.accept.openSpare() // this connection held the reserve fd
+	}
 }

@@ -33,7 +33,6 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/mailru/easygo/netpoll"
@@ -155,6 +154,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		return fail(fmt.Errorf("gochat: listener fd: %w", err))
 	}
 	s.accept.srv = s
+	s.accept.spare.Store(-1)
 	s.accept.openSpare()
 	s.keeper.srv = s
 	s.httpLn = newChanListener(s.ln.Addr())
@@ -228,9 +228,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		time.Sleep(time.Millisecond) // forced teardowns are quick; never hang exit
 	}
 	s.keeper.stopAndWait()
-	if s.accept.spare >= 0 {
-		_ = syscall.Close(s.accept.spare)
-	}
+	s.accept.closeSpare()
 	_ = s.http.Close()
 	_ = s.httpLn.Close()
 	if s.relay != nil {
