@@ -10,6 +10,7 @@ import (
 
 	"github.com/gobwas/ws"
 
+	"gochat/server/internal/chat"
 	"gochat/server/internal/chatmsg"
 	"gochat/server/internal/wsframe"
 )
@@ -111,6 +112,11 @@ func newBroadcastRig(tb testing.TB, n int) *broadcastRig {
 		syscall.SetNonblock(fds[0], true)
 		syscall.SetNonblock(fds[1], true)
 		c := newConn(s, fds[0], now)
+		room, err := s.hub.Acquire([]byte(chatmsg.DefaultRoom))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		c.sess.Attach(room, chat.Options{})
 		c.phase.Store(uint32(phaseJoining))
 		c.sess.OnMessage(fmt.Appendf(nil, `{"username":"m%d"}`, i), now) // the real join path
 		if c.getPhase() != phaseJoined {
@@ -144,7 +150,7 @@ func (r *broadcastRig) drain() {
 // publishAndWait broadcasts one message and waits for its round to end.
 func (r *broadcastRig) publishAndWait(content []byte) {
 	done := r.s.hub.Rounds()
-	if err := r.s.hub.Publish("alice", content); err != nil {
+	if err := r.s.hub.Publish(chatmsg.DefaultRoom, "alice", content); err != nil {
 		panic(err)
 	}
 	for r.s.hub.Rounds() == done {

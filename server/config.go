@@ -54,6 +54,18 @@ type Config struct {
 	// notices are summarized once per broadcast round ("alice, bob and
 	// 1,312 others joined the chat") instead of sent one per client.
 	PresenceSummary int
+	// PresenceMax, if positive, is the member count above which a room
+	// sends no join/leave notices at all. 0: no such limit.
+	PresenceMax int
+	// MaxRooms caps the rooms that exist at once; a client asking for a new
+	// room beyond it gets 503.
+	MaxRooms int
+	// History is how many messages each room keeps for ?history=N and
+	// ?since=ID. Negative keeps none.
+	History int
+	// HistoryAge drops kept messages older than this. Negative keeps them
+	// until History pushes them out.
+	HistoryAge time.Duration
 	// MaxOutbound bounds the bytes pending for all clients together;
 	// past it, broadcast rounds wait for clients to read (senders are told
 	// "Server busy" once the broadcast queue is full too).
@@ -102,6 +114,9 @@ const (
 	DefaultShutdownTimeout  = 5 * time.Second
 	DefaultCloseLinger      = 2 * time.Second
 	DefaultPresenceSummary  = 2000
+	DefaultMaxRooms         = 10_000
+	DefaultHistory          = 100
+	DefaultHistoryAge       = time.Hour
 	DefaultMaxOutbound      = 64 << 20
 	DefaultMaxInbound       = 64 << 20
 	DefaultNATSSubject      = "gochat.room"
@@ -161,6 +176,15 @@ func (c Config) Defaults() Config {
 	if c.PresenceSummary == 0 {
 		c.PresenceSummary = DefaultPresenceSummary
 	}
+	if c.MaxRooms == 0 {
+		c.MaxRooms = DefaultMaxRooms
+	}
+	if c.History == 0 {
+		c.History = DefaultHistory
+	}
+	if c.HistoryAge == 0 {
+		c.HistoryAge = DefaultHistoryAge
+	}
 	if c.MaxOutbound == 0 {
 		c.MaxOutbound = DefaultMaxOutbound
 	}
@@ -201,6 +225,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("gochat: max-outbound %d < send-queue %d", c.MaxOutbound, c.SendQueue)
 	case c.MaxInbound < c.MaxMessage:
 		return fmt.Errorf("gochat: max-inbound %d < max-message %d", c.MaxInbound, c.MaxMessage)
+	case c.MaxRooms < 1:
+		return fmt.Errorf("gochat: max-rooms %d < 1", c.MaxRooms)
+	case c.PresenceMax < 0:
+		return fmt.Errorf("gochat: presence-max %d < 0", c.PresenceMax)
 	case c.PresenceSummary < 0:
 		return fmt.Errorf("gochat: presence-summary %d < 0", c.PresenceSummary)
 	case c.JoinTimeout <= 0, c.PingInterval <= 0, c.PongTimeout <= 0, c.ShutdownTimeout <= 0, c.HandshakeTimeout <= 0, c.WriteTimeout <= 0:
@@ -241,6 +269,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.SendQueue, "send-queue", d.SendQueue, "outbound bytes pending per client before it is closed as a slow consumer")
 	fs.BoolVar(c.Presence, "presence", true, "send join/leave notices")
 	fs.IntVar(&c.PresenceSummary, "presence-summary", d.PresenceSummary, "member count above which join/leave notices are summarized once per broadcast round")
+	fs.IntVar(&c.PresenceMax, "presence-max", d.PresenceMax, "member count above which a room sends no join/leave notices at all; 0: no limit")
+	fs.IntVar(&c.MaxRooms, "max-rooms", d.MaxRooms, "rooms that may exist at once; a client opening one more gets 503")
+	fs.IntVar(&c.History, "history", d.History, "messages each room keeps for ?history=N and ?since=ID; -1: none")
+	fs.DurationVar(&c.HistoryAge, "history-age", d.HistoryAge, "kept messages older than this are dropped; -1s: no age limit")
 	fs.IntVar(&c.MaxOutbound, "max-outbound", d.MaxOutbound, "bytes pending for all clients together; past it broadcasts wait for clients to read")
 	fs.IntVar(&c.MaxInbound, "max-inbound", d.MaxInbound, "bytes buffered for incomplete client messages together; past it such clients are not read until memory frees up")
 	fs.Func("origins", "comma-separated cross-site Origins allowed to connect (same-origin and Origin-less clients always are)", func(s string) error {

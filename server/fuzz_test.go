@@ -47,7 +47,8 @@ func FuzzHandshakeHead(f *testing.F) {
 		up.reset(s.Server, head)
 		out, err := up.upgrade() // what Server.handshake runs and sends
 		if err == nil {
-			s.wsConns.Add(-1) // admitted: give the slot back
+			s.wsConns.Add(-1) // admitted: give the slot and the room back
+			s.hub.Release(up.admitted)
 		}
 		status := statusOf(out)
 		switch {

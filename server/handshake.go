@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"gochat/server/internal/chat"
+	"gochat/server/internal/chatmsg"
 )
 
 // handshake routes a complete HTTP request head read by the reactor: /ws is
@@ -33,6 +36,8 @@ func (s *Server) handshake(c *Conn, head, rest []byte) bool {
 		return false
 	}
 	c.upgraded = true
+	c.sess.Attach(up.admitted, up.opts)
+	up.admitted = nil
 	s.metrics.upgrades.Inc()
 	c.deadline.Store(time.Now().Add(s.cfg.JoinTimeout).UnixNano())
 	c.phase.Store(uint32(phaseJoining))
@@ -72,6 +77,10 @@ type upgrader struct {
 	host   []byte
 	origin []byte
 	hasOrg bool
+	// What the client asked for (SPEC §8): its room, its replay, gochat.v2.
+	room     []byte
+	opts     chat.Options
+	admitted *chat.Room // acquired by admit; handed to the session
 }
 
 var upgraders = sync.Pool{New: func() any {
@@ -79,6 +88,11 @@ var upgraders = sync.Pool{New: func() any {
 	up.u = ws.Upgrader{
 		ReadBufferSize:  maxHandshake + 512,
 		WriteBufferSize: 512,
+		OnRequest:       func(uri []byte) error { return up.parseQuery(uri) },
+		Protocol: func(p []byte) bool {
+			up.opts.V2 = up.opts.V2 || string(p) == subprotocolV2
+			return string(p) == subprotocolV2
+		},
 		OnHost: func(host []byte) error {
 			up.host = append(up.host[:0], host...)
 			return nil
@@ -104,6 +118,9 @@ func (up *upgrader) reset(s *Server, head []byte) {
 	up.host = up.host[:0]
 	up.origin = up.origin[:0]
 	up.hasOrg = false
+	up.room = append(up.room[:0], chatmsg.DefaultRoom...)
+	up.opts = chat.Options{}
+	up.admitted = nil
 }
 
 // upgrade runs gobwas's handshake on the head given to reset and returns
@@ -111,8 +128,11 @@ func (up *upgrader) reset(s *Server, head []byte) {
 func (up *upgrader) upgrade() (response []byte, err error) {
 	_, err = up.u.Upgrade(up)
 	switch {
-	case err == nil, err == rejectForbidden, err == rejectUnavailable:
+	case err == nil, err == rejectForbidden, err == rejectUnavailable, err == rejectRoomLimit:
 		// Upgraded, or refused by admit, which counted it.
+	case err == rejectRoomName, err == rejectHistory, err == rejectSince, err == rejectSinceV1:
+		// A bad query: gobwas wrote 400 with the reason.
+		up.s.metrics.handshakeRejects.Inc()
 	case err == ws.ErrHandshakeUpgradeRequired:
 		// gobwas's 426 names the version it wants.
 		up.s.metrics.handshakeRejects.Inc()
@@ -140,8 +160,72 @@ func (up *upgrader) admit() error {
 		s.metrics.shed.Inc()
 		return rejectUnavailable
 	}
+	room, err := s.hub.Acquire(up.room)
+	if err != nil {
+		s.metrics.shed.Inc()
+		return rejectRoomLimit
+	}
+	if up.opts.Resume && !up.opts.V2 {
+		s.hub.Release(room)
+		return rejectSinceV1
+	}
+	up.admitted = room
 	s.wsConns.Add(1)
 	return nil
+}
+
+// subprotocolV2 is the WebSocket subprotocol whose frames carry message
+// ids (SPEC §8); without it, frames are the seed's two keys.
+const subprotocolV2 = "gochat.v2"
+
+// maxHistoryParam bounds ?history=N; larger is a bad request, and N is cut
+// to what rooms keep (-history).
+const maxHistoryParam = 100_000
+
+// parseQuery reads room, history and since from the request target; other
+// parameters are ignored. Values are taken as they are, never unescaped.
+func (up *upgrader) parseQuery(uri []byte) error {
+	_, query, _ := bytes.Cut(uri, []byte("?"))
+	for len(query) > 0 {
+		var kv []byte
+		kv, query, _ = bytes.Cut(query, []byte("&"))
+		key, value, _ := bytes.Cut(kv, []byte("="))
+		switch string(key) {
+		case "room":
+			if !chatmsg.ValidRoom(value) {
+				return rejectRoomName
+			}
+			up.room = append(up.room[:0], value...)
+		case "history":
+			n, ok := parseDecimal(value)
+			if !ok || n > maxHistoryParam {
+				return rejectHistory
+			}
+			up.opts.HistoryN = min(int(n), max(up.s.cfg.History, 0))
+		case "since":
+			id, ok := parseDecimal(value)
+			if !ok || !up.s.hub.Issued(id) {
+				return rejectSince
+			}
+			up.opts.Resume, up.opts.Since = true, id
+		}
+	}
+	return nil
+}
+
+// parseDecimal parses 1-19 ASCII digits.
+func parseDecimal(b []byte) (uint64, bool) {
+	if len(b) == 0 || len(b) > 19 {
+		return 0, false
+	}
+	var n uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + uint64(c-'0')
+	}
+	return n, true
 }
 
 // originAllowed: same-origin (Origin's host equals Host) or on the allow-list.

@@ -46,4 +46,9 @@ var (
 var (
 	rejectForbidden   = ws.RejectConnectionError(ws.RejectionStatus(http.StatusForbidden), ws.RejectionReason("origin not allowed"))
 	rejectUnavailable = ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable), ws.RejectionReason("server unavailable"))
+	rejectRoomLimit   = ws.RejectConnectionError(ws.RejectionStatus(http.StatusServiceUnavailable), ws.RejectionReason("room limit reached: no new room can be opened now"))
+	rejectRoomName    = ws.RejectConnectionError(ws.RejectionStatus(http.StatusBadRequest), ws.RejectionReason("bad room name: 1-64 of a-z 0-9 - _ . starting with a letter or digit"))
+	rejectHistory     = ws.RejectConnectionError(ws.RejectionStatus(http.StatusBadRequest), ws.RejectionReason("bad history: want a count from 0 to 100000"))
+	rejectSince       = ws.RejectConnectionError(ws.RejectionStatus(http.StatusBadRequest), ws.RejectionReason("bad since: want a message id this server issued"))
+	rejectSinceV1     = ws.RejectConnectionError(ws.RejectionStatus(http.StatusBadRequest), ws.RejectionReason("since needs the gochat.v2 subprotocol"))
 )

@@ -61,6 +61,8 @@ func newMetrics(s *Server) *metrics {
 	m.slowConsumers = counter("slow_consumer_disconnects_total", "Clients closed 1008 because their pending output passed -send-queue.")
 	m.chat.RateLimited = counter("rate_limited_total", "Messages refused by the per-client rate limit.")
 	m.chat.ErrorBudget = counter("error_budget_disconnects_total", "Clients closed 1008 for exhausting the error budget.")
+	m.chat.Replayed = counter("replayed_total", "Messages replayed to joining clients (?history=N, ?since=ID).")
+	m.chat.Gaps = counter("resume_gaps_total", "Resumes (?since=ID) that history no longer reached back to; the client was told.")
 	m.chat.BusyRejects = counter("busy_rejects_total", "Messages refused because the broadcast queue was full.")
 	m.fullHealthz = counter("full_healthz_total", "/healthz requests answered 200 on the reserve fd while the process was out of fds.")
 	m.inboundParks = counter("inbound_parks_total", "Times a client with partial input was not read because inbound memory was over -max-inbound.")
@@ -82,7 +84,9 @@ func newMetrics(s *Server) *metrics {
 	}
 	gauge("connections", "Open connections owned by the reactor (handshaking, joining, joined, closing).",
 		func() float64 { return float64(s.nconns.Load()) })
-	gauge("members", "Clients joined to the chat.", func() float64 { return float64(s.hub.Members()) })
+	gauge("members", "Clients joined to a room, all rooms.", func() float64 { return float64(s.hub.Members()) })
+	gauge("rooms", "Rooms that exist (rooms with clients in them).", func() float64 { return float64(s.hub.RoomCount()) })
+	gauge("history_messages", "Messages kept for replay, all rooms.", func() float64 { return float64(s.hub.HistorySize()) })
 	gauge("outbound_pending_bytes", "Bytes written by the server that clients have not taken yet (bounded by -max-outbound).",
 		func() float64 { return float64(s.outbound.Load()) })
 	gauge("inbound_buffered_bytes", "Bytes buffered for clients' incomplete frames and messages (bounded by -max-inbound).",

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"gochat/server/internal/chatmsg"
 )
 
 // joinRaw upgrades a raw client and joins it as name, without reading.
@@ -158,7 +160,7 @@ func TestQueuedBroadcastsLeaveInOneRoundAndOneWrite(t *testing.T) {
 	<-b.started
 	rounds := s.hub.Rounds()
 	for i := range 50 {
-		if err := s.hub.Publish("bot", []byte(fmt.Sprint(i))); err != nil {
+		if err := s.hub.Publish(chatmsg.DefaultRoom, "bot", []byte(fmt.Sprint(i))); err != nil {
 			t.Fatal(err)
 		}
 	}

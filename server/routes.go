@@ -2,10 +2,14 @@ package server
 
 import (
 	"embed"
+	"encoding/json"
 	"io/fs"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"gochat/server/internal/chat"
+	"gochat/server/internal/chatmsg"
 )
 
 //go:embed web
@@ -14,6 +18,17 @@ var webFiles embed.FS
 // contentSecurityPolicy lets the page load only its own script and style and
 // connect only to this host: user content can never run as code.
 const contentSecurityPolicy = "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self' ws: wss:; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+// maxListed caps the rooms, or the members of a room, one answer lists;
+// the total is always given.
+const maxListed = 1000
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
 
 // routes is the HTTP side of the one port: the page, health and metrics.
 // /ws never reaches it (the reactor upgrades it); other paths are 404.
@@ -49,5 +64,31 @@ func (s *Server) routes() http.Handler {
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /rooms", func(w http.ResponseWriter, r *http.Request) {
+		rooms, total := s.hub.Rooms(maxListed)
+		if rooms == nil {
+			rooms = []chat.RoomInfo{}
+		}
+		writeJSON(w, http.StatusOK, struct {
+			Rooms []chat.RoomInfo `json:"rooms"`
+			Total int             `json:"total"`
+		}{rooms, total})
+	})
+	mux.HandleFunc("GET /rooms/{name}", func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		if !chatmsg.ValidRoom([]byte(name)) {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad room name"})
+			return
+		}
+		members, total, ok := s.hub.RoomMembers(name, maxListed)
+		if !ok {
+			members = []string{} // an empty room does not exist: nobody is here
+		}
+		writeJSON(w, http.StatusOK, struct {
+			Room    string   `json:"room"`
+			Members []string `json:"members"`
+			Total   int      `json:"total"`
+		}{name, members, total})
+	})
 	return mux
 }

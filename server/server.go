@@ -104,7 +104,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	s.metrics = newMetrics(s)
 	var relay chat.Relay // stays a nil interface on a single node
 	if cfg.NATS != "" {
-		inbound := func(name, content []byte) error { return s.hub.PublishRemote(name, content) }
+		inbound := func(room, name, content []byte) error { return s.hub.PublishRemote(room, name, content) }
 		if s.relay, err = natsrelay.New(natsrelay.Config{URL: cfg.NATS, Subject: cfg.NATSSubject}, inbound, s.metrics.reg, log); err != nil {
 			s.pool.Close()
 			return nil, err
@@ -123,6 +123,10 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		// pending after any round.
 		MaxBatch:        max(cfg.SendQueue/4, 4<<10),
 		PresenceSummary: cfg.PresenceSummary,
+		PresenceMax:     cfg.PresenceMax,
+		MaxRooms:        cfg.MaxRooms,
+		History:         cfg.History,
+		HistoryAge:      cfg.HistoryAge,
 		OutboundFull:    func() bool { return s.outbound.Load() > int64(cfg.MaxOutbound) },
 	}, s.pool, &s.metrics.chat, relay, log)
 	fail := func(err error) (*Server, error) {

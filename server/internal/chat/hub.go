@@ -1,7 +1,10 @@
 package chat
 
 import (
+	"errors"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -9,7 +12,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"gochat/pool"
-	"gochat/server/internal/chatmsg"
 )
 
 // Config is the chat layer's part of the server configuration, already
@@ -20,19 +22,30 @@ type Config struct {
 	Burst         int           // messages a client may send at once
 	ErrorBudget   int           // bad messages per minute before 1008
 	Presence      bool          // join/leave notices
-	RoundInterval time.Duration // shortest time between broadcast rounds
-	Shards        int           // fan-out shards (tasks per round)
-	// PresenceSummary is the member count above which join and leave
-	// notices are summarized, one per kind per round ("alice, bob and
-	// 1,312 others joined the chat"), instead of one per client: a
-	// reconnect storm in a large chat is O(n) frames, not O(n²).
+	RoundInterval time.Duration // shortest time between a room's broadcast rounds
+	Shards        int           // fan-out shards per room (tasks per round at most)
+	// PresenceSummary is the member count above which a room's join and
+	// leave notices are summarized, one per kind per round ("alice, bob
+	// and 1,312 others joined the chat"), instead of one per client: a
+	// reconnect storm in a large room is O(n) frames, not O(n²).
 	PresenceSummary int
+	// PresenceMax, if positive, is the member count above which a room
+	// sends no join or leave notices at all.
+	PresenceMax int
 	// MaxBatch caps the bytes of frames one round hands to each member, so
 	// that a reader that keeps up never has more than that pending.
 	MaxBatch int
 	// OutboundFull, if set, reports that the transport's pending output
 	// is over its global bound: rounds wait until it drains.
 	OutboundFull func() bool
+	// MaxRooms caps the rooms that exist at once.
+	MaxRooms int
+	// History is how many messages (chat and notices) each room keeps for
+	// replay and resume; 0 keeps none.
+	History int
+	// HistoryAge drops kept messages older than this; 0 keeps them until
+	// History pushes them out.
+	HistoryAge time.Duration
 }
 
 // Metrics are the chat layer's series; the server defines and registers
@@ -43,37 +56,36 @@ type Metrics struct {
 	Deliveries, BytesOut       prometheus.Counter
 	Rounds, BusyRejects        prometheus.Counter
 	RateLimited, ErrorBudget   prometheus.Counter
+	Replayed, Gaps             prometheus.Counter
 	BroadcastLatency           prometheus.Histogram
 }
 
-// Hub is the chat room: the joined members, their names, and the broadcast
-// pipeline (round.go). Its methods are safe for concurrent use.
+// ErrTooManyRooms refuses a client that would open a room past MaxRooms.
+var ErrTooManyRooms = errors.New("chat: room limit reached")
+
+// Hub is every room of this node. A room exists while sessions are in it
+// (joining or joined) and is freed with its history when the last one
+// leaves: an empty room costs nothing. No room has a goroutine; a quiet
+// room costs nothing per round. Methods are safe for concurrent use.
 type Hub struct {
 	cfg     Config
 	pool    *pool.Pool
 	metrics *Metrics
 	log     *slog.Logger
 	relay   Relay // nil on a single node
+	maxRest time.Duration
 
-	draining atomic.Bool // shutting down: no more notices
+	draining atomic.Bool   // shutting down: no more notices
+	members  atomic.Int64  // joined clients, all rooms
+	history  atomic.Int64  // messages kept, all rooms
+	rounds   atomic.Uint64 // completed rounds, all rooms
+	ids      idSource
 
-	namesMu sync.Mutex          // Protects names.
-	names   map[string]*Session // uniqueness key -> member
-
-	shards []shard
-
-	rounds rounds
+	mu    sync.Mutex // Protects rooms and every Room.refs.
+	rooms map[string]*Room
 }
 
-// shard is a slice of the members, fanned out by one task per round.
-type shard struct {
-	h       *Hub
-	mu      sync.Mutex // Protects members, and Session.member of each of them.
-	members []*Session
-	snap    []*Session // the round's copy of members; owned by the shard task
-}
-
-// NewHub returns an empty hub whose rounds run on p. relay may be nil.
+// NewHub returns a hub with no rooms whose rounds run on p. relay may be nil.
 func NewHub(cfg Config, p *pool.Pool, m *Metrics, relay Relay, log *slog.Logger) *Hub {
 	h := &Hub{
 		cfg:     cfg,
@@ -81,82 +93,170 @@ func NewHub(cfg Config, p *pool.Pool, m *Metrics, relay Relay, log *slog.Logger)
 		metrics: m,
 		log:     log,
 		relay:   relay,
-		names:   make(map[string]*Session),
-		shards:  make([]shard, max(1, cfg.Shards)),
+		maxRest: maxRest,
+		rooms:   make(map[string]*Room),
 	}
-	for i := range h.shards {
-		h.shards[i].h = h
-	}
-	h.rounds.init(h)
+	h.ids.init()
 	return h
 }
 
-// Members returns the number of joined clients.
-func (h *Hub) Members() int {
-	h.namesMu.Lock()
-	defer h.namesMu.Unlock()
-	return len(h.names)
+// Acquire returns the room called name, creating it if it does not exist,
+// and holds it for one session (released by Session.Leave).
+func (h *Hub) Acquire(name []byte) (*Room, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.rooms[string(name)] // no allocation for the lookup
+	if r == nil {
+		if len(h.rooms) >= h.cfg.MaxRooms {
+			return nil, ErrTooManyRooms
+		}
+		r = newRoom(h, string(name))
+		h.rooms[r.name] = r
+	}
+	r.refs++
+	return r, nil
 }
+
+// Release drops a hold on r taken by Acquire for a session that never
+// started (Session.Leave releases the others).
+func (h *Hub) Release(r *Room) { h.release(r) }
+
+// release drops one session's hold on r, freeing r with the last one.
+func (h *Hub) release(r *Room) {
+	h.mu.Lock()
+	r.refs--
+	free := r.refs == 0
+	if free {
+		delete(h.rooms, r.name)
+	}
+	h.mu.Unlock()
+	if free {
+		r.free()
+	}
+}
+
+// Members returns the number of joined clients in all rooms.
+func (h *Hub) Members() int { return int(h.members.Load()) }
+
+// RoomCount returns the number of rooms.
+func (h *Hub) RoomCount() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.rooms)
+}
+
+// HistorySize returns the number of messages kept in all rooms.
+func (h *Hub) HistorySize() int { return int(h.history.Load()) }
+
+// Rounds returns the number of completed broadcast rounds in all rooms.
+func (h *Hub) Rounds() uint64 { return h.rounds.Load() }
+
+// SetMaxRest changes the cap on the rest between rounds (default 25 ms)
+// for rooms created from now on. Benchmarks set 0 to measure the fan-out
+// itself.
+func (h *Hub) SetMaxRest(d time.Duration) { h.maxRest = d }
 
 // Drain stops join and leave notices: the server is shutting down and
 // every client is about to get close 1001 instead.
 func (h *Hub) Drain() { h.draining.Store(true) }
 
-// join registers s under name if no member has its key. Called by s's task.
-func (h *Hub) join(s *Session, name, key string) error {
-	h.namesMu.Lock()
-	defer h.namesMu.Unlock()
-	if _, taken := h.names[key]; taken {
-		return chatmsg.ErrUsernameTaken
-	}
-	h.names[key] = s
-	s.name, s.key, s.joined = name, key, true
-	sh := &h.shards[s.id%len(h.shards)]
-	sh.mu.Lock()
-	s.member = len(sh.members)
-	sh.members = append(sh.members, s)
-	sh.mu.Unlock()
-	return nil
-}
-
-// leave unregisters s and, unless the hub is draining, tells the others.
-// Called by s's task; does nothing if s is not a member, so a session
-// leaves exactly once.
-func (h *Hub) leave(s *Session) {
-	if !s.joined {
-		return
-	}
-	s.joined = false
-	h.namesMu.Lock()
-	delete(h.names, s.key)
-	sh := &h.shards[s.id%len(h.shards)]
-	sh.mu.Lock()
-	last := len(sh.members) - 1
-	moved := sh.members[last]
-	sh.members[s.member] = moved
-	moved.member = s.member
-	sh.members[last] = nil
-	sh.members = sh.members[:last]
-	s.member = -1
-	sh.mu.Unlock()
-	h.namesMu.Unlock()
-	h.metrics.Leaves.Inc()
-	h.log.Debug("leave", "conn", s.id)
-	if h.cfg.Presence && !h.draining.Load() {
-		h.notice(s.name, left)
-	}
-}
-
-// notice tells every member that name joined or left. In a large chat, or
-// when the broadcast queue is full, it is left to the round's summary
-// (rounds.summarize); a notice is never dropped.
-func (h *Hub) notice(name string, kind noticeKind) {
-	if h.Members() <= h.cfg.PresenceSummary {
-		var b [chatmsg.MaxUsername*4 + 32]byte
-		content := append(append(b[:0], name...), noticeText[kind]...)
-		if h.Publish(chatmsg.SystemName, content) == nil {
-			return
+// Idle reports whether no room has a round in flight or due.
+func (h *Hub) Idle() bool {
+	for _, r := range h.snapshot() {
+		if !r.rounds.idle() {
+			return false
 		}
 	}
-	h.rounds.pendNotice(name, kind)
+	return true
 }
+
+func (h *Hub) snapshot() []*Room {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	rooms := make([]*Room, 0, len(h.rooms))
+	for _, r := range h.rooms {
+		rooms = append(rooms, r)
+	}
+	return rooms
+}
+
+// RoomInfo is one room in a listing.
+type RoomInfo struct {
+	Name    string `json:"name"`
+	Members int    `json:"members"`
+}
+
+// Rooms lists up to limit rooms by name, with the total number of rooms.
+func (h *Hub) Rooms(limit int) (rooms []RoomInfo, total int) {
+	all := h.snapshot()
+	slices.SortFunc(all, func(a, b *Room) int { return strings.Compare(a.name, b.name) })
+	for _, r := range all[:min(limit, len(all))] {
+		rooms = append(rooms, RoomInfo{Name: r.name, Members: r.Members()})
+	}
+	return rooms, len(all)
+}
+
+// RoomMembers lists up to limit members of the room called name, sorted,
+// with their total; ok is false if there is no such room.
+func (h *Hub) RoomMembers(name string, limit int) (names []string, total int, ok bool) {
+	h.mu.Lock()
+	r := h.rooms[name]
+	h.mu.Unlock()
+	if r == nil {
+		return nil, 0, false
+	}
+	r.namesMu.Lock()
+	for _, s := range r.names {
+		names = append(names, s.name)
+	}
+	r.namesMu.Unlock()
+	slices.Sort(names)
+	return names[:min(limit, len(names))], len(names), true
+}
+
+// Publish broadcasts a message from name to every member of the room
+// called room, if it exists. It reads its arguments only during the call.
+func (h *Hub) Publish(room, name string, content []byte) error {
+	h.mu.Lock()
+	r := h.rooms[room]
+	h.mu.Unlock()
+	if r == nil {
+		return nil
+	}
+	return r.Publish(name, content)
+}
+
+// PublishRemote broadcasts a message that another node accepted to the
+// members of room on this node only; a room with no members here is
+// skipped. It reads its arguments only during the call.
+func (h *Hub) PublishRemote(room, name, content []byte) error {
+	h.mu.Lock()
+	r := h.rooms[string(room)]
+	h.mu.Unlock()
+	if r == nil {
+		return nil
+	}
+	return r.rounds.enqueue(unsafeString(name), unsafeString(content))
+}
+
+// idSource issues message ids: increasing, never reused for another
+// message in this process, and, being at least the wall clock in
+// microseconds, not reused after a restart either (unless the previous
+// run issued more than a million ids a second for longer than the
+// restart took).
+type idSource struct{ last atomic.Uint64 }
+
+func (s *idSource) init() { s.last.Store(uint64(time.Now().UnixMicro())) }
+
+func (s *idSource) next() uint64 {
+	for {
+		last := s.last.Load()
+		id := max(last+1, uint64(time.Now().UnixMicro()))
+		if s.last.CompareAndSwap(last, id) {
+			return id
+		}
+	}
+}
+
+// Issued reports whether id is no newer than the last id issued.
+func (h *Hub) Issued(id uint64) bool { return id <= h.ids.last.Load() }

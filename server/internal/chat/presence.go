@@ -4,10 +4,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/gobwas/ws"
-
 	"gochat/server/internal/chatmsg"
-	"gochat/server/internal/wsframe"
 )
 
 // noticeKind is a presence notice: a join or a leave.
@@ -42,15 +39,10 @@ func (r *rounds) pendNotice(name string, kind noticeKind) {
 	r.kickLocked()
 }
 
-// emptyLocked reports whether nothing waits for a round. Caller holds qmu.
-func (r *rounds) emptyLocked() bool {
-	return r.queued == 0 && r.summaries[joined].n == 0 && r.summaries[left].n == 0
-}
-
-// appendSummariesLocked frames the pending summaries after the queued
-// frames ("alice joined the chat", "alice and bob joined the chat",
-// "alice, bob and 1,312 others joined the chat") and clears them. Caller
-// holds qmu.
+// appendSummariesLocked queues the pending summaries ("alice joined the
+// chat", "alice and bob joined the chat", "alice, bob and 1,312 others
+// joined the chat") as ordinary notices, relayed like any, and clears
+// them. Caller holds qmu.
 func (r *rounds) appendSummariesLocked() {
 	for kind := range r.summaries {
 		sm := &r.summaries[kind]
@@ -58,10 +50,10 @@ func (r *rounds) appendSummariesLocked() {
 			continue
 		}
 		text := summaryText(sm, noticeKind(kind))
-		r.queue = wsframe.AppendFramed(r.queue, ws.OpText, func(b []byte) []byte {
-			return chatmsg.AppendChat(b, chatmsg.SystemName, text)
-		})
-		r.queued++
+		r.enqueueLocked(chatmsg.SystemName, text)
+		if relay := r.room.hub.relay; relay != nil {
+			relay.Publish(r.room.name, chatmsg.SystemName, []byte(text))
+		}
 		*sm = summary{}
 	}
 }

@@ -19,9 +19,17 @@ import (
 // fields belong to the chat layer; member is also written by other
 // sessions' leaves, under the shard's lock.
 type Session struct {
-	hub *Hub
-	t   Transport
-	id  int // the connection's id (its fd): picks the shard, names it in logs
+	hub  *Hub
+	t    Transport
+	id   int   // the connection's id (its fd): picks the shard, names it in logs
+	room *Room // the room it is in, from Attach until Leave
+
+	v2       bool   // speaks gochat.v2: frames carry id, room and ts
+	historyN int    // messages to replay after the join
+	resume   bool   // replay everything after since
+	since    uint64 // the id it resumes after
+
+	firstRound uint64 // its first live batch (rounds.attach)
 
 	name     string  // display name once joined
 	key      string  // uniqueness key (chatmsg.NameKey) once joined
@@ -45,12 +53,36 @@ func (s *Session) Init(h *Hub, t Transport, id int) {
 	*s = Session{hub: h, t: t, id: id, member: -1}
 }
 
+// Options are what a client asked for at the upgrade.
+type Options struct {
+	V2       bool   // the gochat.v2 subprotocol
+	HistoryN int    // ?history=N
+	Resume   bool   // ?since=ID was given
+	Since    uint64 // ID
+}
+
+// Attach puts the session in room, acquired for it with Hub.Acquire, with
+// the client's options. Until it joins it is in the room but not a member.
+func (s *Session) Attach(room *Room, o Options) {
+	s.room = room
+	s.v2, s.historyN, s.resume, s.since = o.V2, o.HistoryN, o.Resume, o.Since
+}
+
 // Joined reports whether the client has joined. Session task only.
 func (s *Session) Joined() bool { return s.joined }
 
-// Leave takes the client out of the chat, with a leave notice unless the
-// hub is draining. Safe to call more than once; only the first counts.
-func (s *Session) Leave() { s.hub.leave(s) }
+// Leave takes the client out of its room, with a leave notice unless the
+// hub is draining, and lets the room go. Safe to call more than once; only
+// the first counts.
+func (s *Session) Leave() {
+	r := s.room
+	if r == nil {
+		return
+	}
+	r.leave(s)
+	s.room = nil
+	s.hub.release(r)
+}
 
 // scratchBufs hold decoded message strings; a message needs one only while
 // it is handled.
@@ -84,7 +116,7 @@ func (s *Session) join(m chatmsg.Message, err error) {
 		name, key, err = chatmsg.CheckUsername(m.Username)
 	}
 	if err == nil {
-		err = h.join(s, name, key)
+		err = s.room.join(s, name, key)
 	}
 	if err != nil {
 		h.metrics.JoinRejects.Inc()
@@ -104,9 +136,7 @@ func (s *Session) join(m chatmsg.Message, err error) {
 			s.publish(m.Content)
 		}
 	}
-	if h.cfg.Presence {
-		h.notice(name, joined)
-	}
+	s.room.notice(name, joined)
 }
 
 // chat handles a message after the join. The username field is ignored: a
@@ -130,7 +160,7 @@ func (s *Session) chat(m chatmsg.Message, err error, arrived int64) {
 }
 
 func (s *Session) publish(content []byte) {
-	if err := s.hub.Publish(s.name, content); err != nil {
+	if err := s.room.Publish(s.name, content); err != nil {
 		s.sendError(err)
 	}
 }

@@ -185,3 +185,40 @@ func FuzzParse(f *testing.F) {
 		check("content", m.HasContent, m.Content, want.Content)
 	})
 }
+
+func TestAppendChatV2KeepsTheSeedKeysAndAddsIDRoomTime(t *testing.T) {
+	got := AppendChatV2(nil, "alice", "<hi>", 1732912345678901, "lobby", 1732912345678)
+	want := `{"username":"alice","content":"\u003chi\u003e","id":1732912345678901,"room":"lobby","ts":1732912345678}`
+	if string(got) != want {
+		t.Fatalf("got %s\nwant %s", got, want)
+	}
+	var m struct {
+		Username, Content, Room string
+		ID                      uint64
+		TS                      int64
+	}
+	if err := json.Unmarshal(got, &m); err != nil || m.ID != 1732912345678901 || m.Room != "lobby" {
+		t.Fatalf("%+v %v", m, err)
+	}
+	gap := AppendGap(nil, "lobby", 42)
+	var g struct {
+		Username, Content, Room string
+		Gap                     bool
+		Since                   uint64
+	}
+	if err := json.Unmarshal(gap, &g); err != nil || !g.Gap || g.Since != 42 || g.Username != SystemName {
+		t.Fatalf("gap frame %s: %+v %v", gap, g, err)
+	}
+}
+
+func TestValidRoom(t *testing.T) {
+	for name, ok := range map[string]bool{
+		"lobby": true, "a": true, "room-1_b.c": true, strings.Repeat("a", 64): true, "0day": true,
+		"": false, strings.Repeat("a", 65): false, "Lobby": false, "..": false, ".": false, ".hidden": false,
+		"a%2Fb": false, "a/b": false, "a b": false, "é": false, "-x": false,
+	} {
+		if ValidRoom([]byte(name)) != ok {
+			t.Errorf("ValidRoom(%q) = %v", name, !ok)
+		}
+	}
+}

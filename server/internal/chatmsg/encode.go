@@ -1,6 +1,9 @@
 package chatmsg
 
-import "unicode/utf8"
+import (
+	"strconv"
+	"unicode/utf8"
+)
 
 // AppendChat appends the server message {"username":u,"content":c} to dst,
 // escaped exactly as encoding/json (with HTML escaping) encodes it, so the
@@ -64,4 +67,35 @@ func AppendJSONString(dst []byte, s string) []byte {
 	}
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
+}
+
+// AppendChatV2 appends the gochat.v2 form of a server message: the seed's
+// two keys, unchanged, then the message id, its room and its time (unix
+// milliseconds): {"username":u,"content":c,"id":1,"room":"r","ts":2}.
+func AppendChatV2(dst []byte, username, content string, id uint64, room string, ts int64) []byte {
+	dst = AppendChat(dst, username, content)
+	dst = dst[:len(dst)-1] // reopen the object
+	dst = append(dst, `,"id":`...)
+	dst = strconv.AppendUint(dst, id, 10)
+	dst = append(dst, `,"room":`...)
+	dst = AppendJSONString(dst, room)
+	dst = append(dst, `,"ts":`...)
+	dst = strconv.AppendInt(dst, ts, 10)
+	return append(dst, '}')
+}
+
+// GapText is the content of the one frame that tells a resuming gochat.v2
+// client that history no longer reaches back to the id it resumed from.
+const GapText = "Some messages were missed: history does not reach back that far"
+
+// AppendGap appends the gap notice for room: a System message with
+// "gap":true and, as "since", the id the client asked to resume from.
+func AppendGap(dst []byte, room string, since uint64) []byte {
+	dst = AppendChat(dst, SystemName, GapText)
+	dst = dst[:len(dst)-1]
+	dst = append(dst, `,"room":`...)
+	dst = AppendJSONString(dst, room)
+	dst = append(dst, `,"gap":true,"since":`...)
+	dst = strconv.AppendUint(dst, since, 10)
+	return append(dst, '}')
 }

@@ -29,11 +29,14 @@ import (
 // clusterWait bounds the waits on a node's NATS state: a hang bound only.
 const clusterWait = 20 * time.Second
 
-// Relay wire format (server/cluster.go): a version byte, the publisher's
-// 8-byte node id, then records of uvarint(len(name)) name uvarint(len(content)) content.
-const relayVersion = 1
+// Relay wire format (server/internal/natsrelay): a version byte, the
+// publisher's 8-byte node id, then records of uvarint(len(room)) room
+// uvarint(len(name)) name uvarint(len(content)) content.
+const relayVersion = 2
 
 func relayRecord(dst []byte, name, content string) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len("lobby")))
+	dst = append(dst, "lobby"...)
 	dst = binary.AppendUvarint(dst, uint64(len(name)))
 	dst = append(dst, name...)
 	dst = binary.AppendUvarint(dst, uint64(len(content)))

@@ -46,7 +46,8 @@ import (
 // different nodes.
 //
 // Wire format of one NATS message: version byte (relayVersion), the 8-byte
-// node id of the publisher, then records, each uvarint(len(name)) name
+// node id of the publisher, then records, each three length-prefixed
+// fields: uvarint(len(room)) room uvarint(len(name)) name
 // uvarint(len(content)) content. The node id lets a node drop its own
 // messages should they ever come back (the connection also asks the server
 // for NoEcho, so normally they do not).
@@ -81,7 +82,7 @@ type Relay struct {
 }
 
 const (
-	relayVersion  = 1
+	relayVersion  = 2
 	relayHeader   = 1 + 8    // version, node id
 	relayChunk    = 64 << 10 // target NATS payload per publish
 	maxRelayQueue = 8 << 20  // bytes of records waiting; beyond, drop
@@ -90,10 +91,10 @@ const (
 	busyRetries   = 40 // receive side: waits ~1s in all for a full hub queue
 )
 
-// Inbound takes a message another node published, for the local members
-// only. It reads name and content only during the call, and fails when the
-// local broadcast queue is full.
-type Inbound func(name, content []byte) error
+// Inbound takes a message another node published in room, for the local
+// members only. It reads its arguments only during the call, and fails
+// when the room's broadcast queue is full.
+type Inbound func(room, name, content []byte) error
 
 // Config says where the relay connects.
 type Config struct {
@@ -187,7 +188,7 @@ func reconnectDelay(attempts int) time.Duration {
 
 // Publish queues one accepted message or notice for the other nodes. It
 // never blocks on NATS. Safe for concurrent use.
-func (c *Relay) Publish(name string, content []byte) {
+func (c *Relay) Publish(room, name string, content []byte) {
 	c.mu.Lock()
 	if c.stopped {
 		c.mu.Unlock()
@@ -199,7 +200,7 @@ func (c *Relay) Publish(name string, content []byte) {
 		return
 	}
 	idle := len(c.queue) == 0
-	c.queue = appendRecord(c.queue, name, content)
+	c.queue = appendRecord(c.queue, room, name, content)
 	if idle {
 		select {
 		case c.wake <- struct{}{}:
@@ -280,14 +281,14 @@ func (c *Relay) onMsg(m *nats.Msg) {
 	d = d[relayHeader:]
 	n := 0
 	for len(d) > 0 {
-		name, content, rest, ok := readRecord(d)
+		room, name, content, rest, ok := readRecord(d)
 		if !ok {
 			c.dropped.Inc()
 			break
 		}
 		d = rest
 		n++
-		c.deliver(name, content)
+		c.deliver(room, name, content)
 	}
 	c.received.Add(float64(n))
 }
@@ -295,9 +296,9 @@ func (c *Relay) onMsg(m *nats.Msg) {
 // deliver hands a remote message to Inbound. A full local queue is
 // retried for about a second (this goroutine may wait; workers never do),
 // then the message is dropped and counted.
-func (c *Relay) deliver(name, content []byte) {
+func (c *Relay) deliver(room, name, content []byte) {
 	for try := 0; ; try++ {
-		if c.inbound(name, content) == nil {
+		if c.inbound(room, name, content) == nil {
 			return
 		}
 		if try == busyRetries || c.ending.Load() {
@@ -338,7 +339,9 @@ func (c *Relay) Close() {
 }
 
 // appendRecord appends one relay record.
-func appendRecord(dst []byte, name string, content []byte) []byte {
+func appendRecord(dst []byte, room, name string, content []byte) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(room)))
+	dst = append(dst, room...)
 	dst = binary.AppendUvarint(dst, uint64(len(name)))
 	dst = append(dst, name...)
 	dst = binary.AppendUvarint(dst, uint64(len(content)))
@@ -347,24 +350,25 @@ func appendRecord(dst []byte, name string, content []byte) []byte {
 
 // recordLen is the length of the well-formed record at the start of b.
 func recordLen(b []byte) int {
-	nl, k := binary.Uvarint(b)
-	i := k + int(nl)
-	cl, k := binary.Uvarint(b[i:])
-	return i + k + int(cl)
+	i := 0
+	for range 3 {
+		l, k := binary.Uvarint(b[i:])
+		i += k + int(l)
+	}
+	return i
 }
 
 // readRecord splits the first record off b; ok is false if b is malformed.
-func readRecord(b []byte) (name, content, rest []byte, ok bool) {
-	nl, k := binary.Uvarint(b)
-	if k <= 0 || nl > uint64(len(b)-k) {
-		return nil, nil, nil, false
+func readRecord(b []byte) (room, name, content, rest []byte, ok bool) {
+	var f [3][]byte
+	for i := range f {
+		l, k := binary.Uvarint(b)
+		if k <= 0 || l > uint64(len(b)-k) {
+			return nil, nil, nil, nil, false
+		}
+		f[i], b = b[k:k+int(l)], b[k+int(l):]
 	}
-	name, b = b[k:k+int(nl)], b[k+int(nl):]
-	cl, k := binary.Uvarint(b)
-	if k <= 0 || cl > uint64(len(b)-k) {
-		return nil, nil, nil, false
-	}
-	return name, b[k : k+int(cl)], b[k+int(cl):], true
+	return f[0], f[1], f[2], b, true
 }
 
 // ValidSubject reports whether s is a NATS subject one can publish to:

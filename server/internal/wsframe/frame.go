@@ -174,3 +174,12 @@ func frameSize(b []byte) int {
 		return 2 + n
 	}
 }
+
+// FramesEnd returns where the first count frames of frames end.
+func FramesEnd(frames []byte, count int) int {
+	end := 0
+	for ; count > 0 && end < len(frames); count-- {
+		end += frameSize(frames[end:])
+	}
+	return min(end, len(frames))
+}

@@ -301,3 +301,17 @@ func TestSplitFramesTakesWholeFramesUpToTheLimit(t *testing.T) {
 		}
 	}
 }
+
+func TestFramesEndCountsFrames(t *testing.T) {
+	var frames []byte
+	ends := []int{0}
+	for _, n := range []int{1, 300, 0, 70000} {
+		frames = AppendFrame(frames, ws.OpText, bytes.Repeat([]byte("x"), n))
+		ends = append(ends, len(frames))
+	}
+	for count, want := range ends {
+		if got := FramesEnd(frames, count); got != want {
+			t.Errorf("FramesEnd(%d) = %d, want %d", count, got, want)
+		}
+	}
+}

@@ -1,0 +1,124 @@
+package chat
+
+import (
+	"time"
+
+	"github.com/gobwas/ws"
+
+	"gochat/server/internal/chatmsg"
+	"gochat/server/internal/wsframe"
+)
+
+// history is a room's last messages, chat and notices, in both wire forms:
+// a ring of at most Config.History entries whose buffers are reused, so
+// keeping history allocates nothing per message once the ring is full.
+// Guarded by the room's rounds.qmu.
+type history struct {
+	hub     *Hub
+	entries []entry // the ring; grows up to Config.History
+	start   int     // oldest entry
+	n       int     // entries in use
+	// floor is the newest id the room no longer has: dropped from the ring,
+	// or issued before the room existed. A client resuming from an id below
+	// it has missed messages.
+	floor uint64
+}
+
+// entry is one kept message.
+type entry struct {
+	id   uint64
+	at   time.Time
+	seed []byte // its frame in the seed's form
+	v2   []byte // its frame in the gochat.v2 form
+}
+
+func (hs *history) init(h *Hub) {
+	*hs = history{hub: h, floor: h.ids.last.Load()}
+}
+
+// push makes room for message id and returns its entry to fill, or nil if
+// the room keeps no history.
+func (hs *history) push(id uint64, now time.Time) *entry {
+	limit := hs.hub.cfg.History
+	if limit <= 0 {
+		return nil
+	}
+	hs.trim(now)
+	if hs.n == limit {
+		hs.floor = hs.entries[hs.start].id
+		hs.start = (hs.start + 1) % limit
+		hs.n--
+		hs.hub.history.Add(-1)
+	}
+	i := (hs.start + hs.n) % limit
+	if i == len(hs.entries) {
+		hs.entries = append(hs.entries, entry{})
+	}
+	hs.n++
+	hs.hub.history.Add(1)
+	e := &hs.entries[i]
+	e.id, e.at = id, now
+	return e
+}
+
+// trim drops entries older than HistoryAge.
+func (hs *history) trim(now time.Time) {
+	age := hs.hub.cfg.HistoryAge
+	if age <= 0 {
+		return
+	}
+	for hs.n > 0 && now.Sub(hs.entries[hs.start].at) > age {
+		hs.floor = hs.entries[hs.start].id
+		hs.start = (hs.start + 1) % len(hs.entries)
+		hs.n--
+		hs.hub.history.Add(-1)
+	}
+}
+
+// replay returns the frames a joining session asked for, in its form, of
+// the messages up to upTo (newer ones reach it live): everything after
+// its resume id, preceded by a gap notice if the history no longer reaches
+// back to that id; or else its last HistoryN messages.
+func (hs *history) replay(s *Session, upTo uint64) []byte {
+	if !s.resume && s.historyN == 0 {
+		return nil
+	}
+	hs.trim(time.Now())
+	var out []byte
+	m := hs.hub.metrics
+	if s.resume && s.since < hs.floor {
+		m.Gaps.Inc()
+		out = wsframe.AppendFramed(out, ws.OpText, func(b []byte) []byte {
+			return chatmsg.AppendGap(b, s.room.name, s.since)
+		})
+	}
+	// The kept entries newer than since (or the last historyN), up to upTo.
+	first, last := hs.n, hs.n
+	for i := hs.n - 1; i >= 0; i-- {
+		e := &hs.entries[(hs.start+i)%len(hs.entries)]
+		if e.id > upTo {
+			last = i
+			continue
+		}
+		if s.resume {
+			if e.id <= s.since {
+				break
+			}
+		} else if last-i > s.historyN {
+			break
+		}
+		first = i
+	}
+	for i := first; i < last; i++ {
+		e := &hs.entries[(hs.start+i)%len(hs.entries)]
+		if s.v2 {
+			out = append(out, e.v2...)
+		} else {
+			out = append(out, e.seed...)
+		}
+	}
+	if n := last - first; n > 0 {
+		m.Replayed.Add(float64(n))
+	}
+	return out
+}

@@ -1,0 +1,142 @@
+package chat
+
+import (
+	"sync"
+	"unsafe"
+
+	"gochat/server/internal/chatmsg"
+)
+
+// Room is one chat: its members, their names, its broadcast rounds and its
+// history. Chat, notices, presence and slow-consumer handling are per room;
+// nothing crosses to another room.
+type Room struct {
+	hub  *Hub
+	name string
+	refs int // sessions holding the room; protected by Hub.mu
+
+	namesMu sync.Mutex          // Protects names.
+	names   map[string]*Session // uniqueness key -> member
+
+	shards []shard
+	rounds rounds
+}
+
+// shard is a slice of a room's members, fanned out by one task per round.
+type shard struct {
+	room    *Room
+	mu      sync.Mutex // Protects members, and Session.member of each of them.
+	members []*Session
+	snap    []*Session // the round's copy of members; owned by the shard task
+}
+
+func newRoom(h *Hub, name string) *Room {
+	r := &Room{hub: h, name: name, names: make(map[string]*Session), shards: make([]shard, max(1, h.cfg.Shards))}
+	for i := range r.shards {
+		r.shards[i].room = r
+	}
+	r.rounds.init(r)
+	return r
+}
+
+// free gives back what the emptied room held: its history.
+func (r *Room) free() {
+	r.rounds.qmu.Lock()
+	r.hub.history.Add(-int64(r.rounds.history.n))
+	r.rounds.history = history{}
+	r.rounds.qmu.Unlock()
+}
+
+// Name is the room's name.
+func (r *Room) Name() string { return r.name }
+
+// Members returns the number of clients joined to the room.
+func (r *Room) Members() int {
+	r.namesMu.Lock()
+	defer r.namesMu.Unlock()
+	return len(r.names)
+}
+
+// Publish broadcasts a message from name (a member, or System) to every
+// member of the room, the sender included, and hands it to the relay for
+// the other nodes. It reads name and content only during the call.
+func (r *Room) Publish(name string, content []byte) error {
+	if err := r.rounds.enqueue(name, unsafeString(content)); err != nil {
+		return err
+	}
+	if relay := r.hub.relay; relay != nil {
+		relay.Publish(r.name, name, content)
+	}
+	return nil
+}
+
+// join registers s under name if no member of the room has its key, and
+// queues its replay (history or resume) to it in the same step, so that
+// what it replays and what it then receives live neither overlap nor
+// leave a hole. Called by s's task.
+func (r *Room) join(s *Session, name, key string) error {
+	r.namesMu.Lock()
+	defer r.namesMu.Unlock()
+	if _, taken := r.names[key]; taken {
+		return chatmsg.ErrUsernameTaken
+	}
+	r.names[key] = s
+	s.name, s.key, s.joined = name, key, true
+	r.rounds.attach(s)
+	r.hub.members.Add(1)
+	return nil
+}
+
+// leave unregisters s and, unless the hub is draining, tells the others.
+// Called by s's task; does nothing if s is not a member, so a session
+// leaves exactly once.
+func (r *Room) leave(s *Session) {
+	if !s.joined {
+		return
+	}
+	s.joined = false
+	r.namesMu.Lock()
+	delete(r.names, s.key)
+	sh := &r.shards[s.id%len(r.shards)]
+	sh.mu.Lock()
+	last := len(sh.members) - 1
+	moved := sh.members[last]
+	sh.members[s.member] = moved
+	moved.member = s.member
+	sh.members[last] = nil
+	sh.members = sh.members[:last]
+	s.member = -1
+	sh.mu.Unlock()
+	r.namesMu.Unlock()
+	r.hub.members.Add(-1)
+	r.hub.metrics.Leaves.Inc()
+	r.hub.log.Debug("leave", "conn", s.id)
+	r.notice(s.name, left)
+}
+
+// notice tells every member that name joined or left: one notice per
+// client in a small room, a per-round summary in a large one (or when the
+// broadcast queue is full: a notice is never dropped), none at all above
+// PresenceMax, and none while draining.
+func (r *Room) notice(name string, kind noticeKind) {
+	cfg := &r.hub.cfg
+	if !cfg.Presence || r.hub.draining.Load() {
+		return
+	}
+	members := r.Members()
+	if cfg.PresenceMax > 0 && members > cfg.PresenceMax {
+		return
+	}
+	if members <= cfg.PresenceSummary {
+		var b [chatmsg.MaxUsername*4 + 32]byte
+		content := append(append(b[:0], name...), noticeText[kind]...)
+		if r.Publish(chatmsg.SystemName, content) == nil {
+			return
+		}
+	}
+	r.rounds.pendNotice(name, kind)
+}
+
+// unsafeString views b as a string for the length of a call that only
+// reads it.
+func unsafeString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
