@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -145,10 +146,7 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	res, err := sc.run(ctx, cfg)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-	}
+	res, err := runScenario(ctx, sc, cfg)
 	if res.Scenario != "" && (err == nil || res.Connected > 0) {
 		if cfg.JSON {
 			writeJSON(os.Stdout, &res)
@@ -157,8 +155,27 @@ func main() {
 		}
 	}
 	if err != nil {
+		// After the report, so that it is the last thing a reader sees.
+		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+// runScenario runs sc and turns a run that could not measure what it
+// reports into an error: clients that could not connect (refused with 503,
+// nothing listening...) are named with the first cause and the counts, so
+// bench exits non-zero instead of printing a table of zeros.
+func runScenario(ctx context.Context, sc scenario, cfg *Config) (Result, error) {
+	res, err := sc.run(ctx, cfg)
+	if cerr := res.connectErr(); cerr != nil {
+		switch {
+		case err == nil:
+			err = cerr
+		case !strings.Contains(err.Error(), "could not connect"):
+			err = fmt.Errorf("%w; %w", err, cerr)
+		}
+	}
+	return res, err
 }
 
 // prepare validates cfg and fills the defaults that depend on other flags.

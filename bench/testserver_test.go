@@ -37,6 +37,9 @@ type testServer struct {
 	// that never read); the others get 4096, so a slow -race run cannot
 	// make a reading client overflow.
 	slowFrom int
+	// maxConns > 0 answers upgrades past that many open connections with
+	// 503, like gochat's -max-conns.
+	maxConns int
 	// sndbuf > 0 sets SO_SNDBUF on accepted connections so that clients
 	// that do not read back up quickly.
 	sndbuf int
@@ -45,6 +48,7 @@ type testServer struct {
 	ctx context.Context
 
 	mu             sync.Mutex
+	open           int // upgraded connections, for maxConns
 	clients        []*tsClient
 	measured       int // measured broadcasts
 	droppedAlive   int // measured messages dropped for clients never closed
@@ -102,6 +106,21 @@ type inMsg struct {
 }
 
 func (ts *testServer) serveWS(w http.ResponseWriter, r *http.Request) {
+	ts.mu.Lock()
+	full := ts.maxConns > 0 && ts.open >= ts.maxConns
+	if !full {
+		ts.open++
+	}
+	ts.mu.Unlock()
+	if full {
+		http.Error(w, "too many connections", http.StatusServiceUnavailable)
+		return
+	}
+	defer func() {
+		ts.mu.Lock()
+		ts.open--
+		ts.mu.Unlock()
+	}()
 	conn, err := websocket.Accept(w, r, nil)
 	if err != nil {
 		return
