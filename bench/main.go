@@ -46,8 +46,9 @@ type Config struct {
 	// soak
 	SlowPct float64
 	Churn   float64
-	Sample  time.Duration
-	Settle  time.Duration
+	Sample    time.Duration
+	Settle    time.Duration
+	EvictWait time.Duration
 
 	// Progress receives the live status line; nil disables it.
 	Progress io.Writer
@@ -88,6 +89,7 @@ var scenarios = map[string]scenario{
 			fs.Float64Var(&c.Churn, "churn", 20, "healthy non-sender clients per second that close (1000) and are replaced by a new client with a fresh username")
 			fs.DurationVar(&c.Sample, "sample", 10*time.Second, "interval of the progress line and of the time-series rows")
 			fs.DurationVar(&c.Settle, "settle", 30*time.Second, "after closing every client, wait at most this long for the server's gochat_connections to reach 0")
+			fs.DurationVar(&c.EvictWait, "evict-wait", 3*time.Second, "after sending, keep probing slow clients this long for evictions whose socket the server has not closed yet (gochat -close-linger, default 2s); ends early once the bench has seen every eviction the server counted")
 		}},
 }
 

@@ -67,6 +67,8 @@ const (
 	soakCloseWait = 2 * time.Second
 	// tcpEstablished is TCP_ESTABLISHED in struct tcp_info's tcpi_state.
 	tcpEstablished = 1
+	// slowMetric is the server's count of slow-consumer closes.
+	slowMetric = "gochat_slow_consumer_disconnects_total"
 )
 
 // latHist is a per-client latency histogram in µs with atomic buckets, so
@@ -515,17 +517,42 @@ func closedTCP(nc net.Conn) bool {
 }
 
 // finalProbe collects, at the end of the run, the slow clients the server
-// evicted since the last probe (not replaced any more).
-func (s *soak) finalProbe(ctx context.Context) {
+// evicted since the last probe (not replaced any more). The server closes
+// an evicted client's socket only after its close linger (gochat
+// -close-linger, 2 s by default): until then the socket looks established,
+// so one probe would miss every eviction of the last seconds — a run that
+// ends as the slow clients fill their queues showed "slow evicted 0" while
+// the server counted one per slow client. So it probes until the bench has
+// seen as many evictions as serverSlow (the server's count since the start,
+// ok false when unknown) reports, or cfg.EvictWait passes.
+func (s *soak) finalProbe(ctx context.Context, serverSlow func() (int, bool)) {
+	deadline := time.Now().Add(s.cfg.EvictWait)
+	for {
+		s.probeRound(ctx)
+		if s.slowN == 0 || ctx.Err() != nil || !time.Now().Before(deadline) {
+			return
+		}
+		s.mu.Lock()
+		seen := s.acc.slowEvicted
+		s.mu.Unlock()
+		if n, ok := serverSlow(); ok && seen >= n {
+			return
+		}
+		time.Sleep(min(200*time.Millisecond, time.Until(deadline)))
+	}
+}
+
+// probeRound probes every slow client once and collects the evicted ones.
+func (s *soak) probeRound(ctx context.Context) {
 	var gone []int
 	for i, c := range s.slots {
-		if c != nil && c.slow && c.up.Load() && s.probeSlow(c) {
+		if c != nil && c.slow && c.up.Load() && !s.busy[i] && s.probeSlow(c) {
 			gone = append(gone, i)
 		}
 	}
 	time.Sleep(100 * time.Millisecond) // for resets still on their way
 	for i, c := range s.slots {
-		if c != nil && c.slow && c.up.Load() && !slices.Contains(gone, i) && closedTCP(c.nc) {
+		if c != nil && c.slow && c.up.Load() && !s.busy[i] && !slices.Contains(gone, i) && closedTCP(c.nc) {
 			gone = append(gone, i)
 		}
 	}
@@ -775,8 +802,18 @@ wait:
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	s.finalProbe(ctx)
+	serverSlow := func() (int, bool) {
+		v0, ok0 := m0[slowMetric]
+		v1, ok1 := smp.metrics(ctx)[slowMetric]
+		return int(v1 - v0), ok0 && ok1
+	}
+	s.finalProbe(ctx, serverSlow)
 	row(time.Now())
+	// The server's count over the same window as the bench's: before the
+	// bench closes its clients.
+	if n, ok := serverSlow(); ok {
+		res.ServerSlowConsumers = ptr(n)
+	}
 
 	// Who is still here decides who owes a tail.
 	var final []*client
@@ -852,11 +889,6 @@ wait:
 	res.ReplaceFailed = ptr(a.replaceFails)
 	if len(a.replaceErrs) > 0 {
 		res.ReplaceErrors = a.replaceErrs
-	}
-	if v0, ok0 := m0["gochat_slow_consumer_disconnects_total"]; ok0 {
-		if v1, ok1 := m1["gochat_slow_consumer_disconnects_total"]; ok1 {
-			res.ServerSlowConsumers = ptr(int(v1 - v0))
-		}
 	}
 	res.Samples = rows
 	res.Baseline, res.After = statsOf(baseline), statsOf(after)
