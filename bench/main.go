@@ -44,8 +44,8 @@ type Config struct {
 	Slow     int
 
 	// soak
-	SlowPct float64
-	Churn   float64
+	SlowPct   float64
+	Churn     float64
 	Sample    time.Duration
 	Settle    time.Duration
 	EvictWait time.Duration
