@@ -31,6 +31,10 @@ USER 65532:65532
 ENV GOCHAT_ADDR=:8080
 EXPOSE 8080
 # `-healthcheck` GETs /healthz on the port of -addr/GOCHAT_ADDR and exits 0/1.
+# It resolves the port exactly as the server does (flag, then GOCHAT_ADDR,
+# then :8080), so change the port with GOCHAT_ADDR, or pass the same -addr
+# to both the server and the healthcheck CMD. It is a flag only: a
+# GOCHAT_HEALTHCHECK variable is ignored.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["/gochat", "-healthcheck"]
 # SIGTERM starts a graceful drain (close 1001 to every client, then exit).

@@ -3,12 +3,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -27,37 +29,65 @@ func main() {
 	}
 }
 
-// run parses flags (GOCHAT_* environment variables fill in unset ones),
-// serves until SIGINT/SIGTERM, then shuts down gracefully. A second signal
-// exits at once.
-func run(args []string, stderr io.Writer) error {
+// options is everything the command line and the environment decide.
+type options struct {
+	cfg         server.Config
+	logLevel    string
+	logFormat   string
+	healthcheck bool
+}
+
+// parseArgs parses flags, then fills unset ones from GOCHAT_* variables.
+// Every value is checked as it is set, so a bad one is an error naming its
+// flag or variable; nothing is silently replaced. It returns nil, nil for -h.
+func parseArgs(args []string, stderr io.Writer) (*options, error) {
 	fs := flag.NewFlagSet("gochat", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var cfg server.Config
-	cfg.RegisterFlags(fs)
-	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
-	logFormat := fs.String("log-format", "text", "log format: text or json")
-	healthcheck := fs.Bool("healthcheck", false, "probe /healthz on -addr and exit 0 if healthy (for container healthchecks)")
+	// The usage goes to stderr for -h only; after a bad value it would bury
+	// the one line that matters, which the caller prints.
+	var usage bytes.Buffer
+	fs.SetOutput(&usage)
+	o := &options{logLevel: "info", logFormat: "text"}
+	o.cfg.RegisterFlags(fs)
+	fs.Var(choice{&o.logLevel, []string{"debug", "info", "warn", "error"}}, "log-level", "log `level`: debug, info, warn or error")
+	fs.Var(choice{&o.logFormat, []string{"text", "json"}}, "log-format", "log `format`: text or json")
+	fs.BoolVar(&o.healthcheck, "healthcheck", false, "probe /healthz on the port of -addr/GOCHAT_ADDR and exit 0 if healthy, 1 if not (for container healthchecks; a flag only, never read from GOCHAT_HEALTHCHECK)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: gochat [flags]\n\nEvery flag can also be set with the environment variable GOCHAT_<FLAG> (e.g. GOCHAT_MAX_CONNS); flags win.\n\n")
+		fmt.Fprintf(fs.Output(), "Usage: gochat [flags]\n\nEvery flag except -healthcheck can also be set with the environment variable GOCHAT_<FLAG> (e.g. GOCHAT_MAX_CONNS); flags win.\nA value out of range is an error (exit 1), never replaced by the default; each flag says what 0 means.\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return nil
+			stderr.Write(usage.Bytes())
+			return nil, nil
 		}
+		return nil, fmt.Errorf("gochat: %w (see gochat -h)", err)
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("gochat: unexpected argument %q: gochat takes flags only, e.g. -addr :9000 (see -h)", fs.Arg(0))
+	}
+	if err := server.ApplyEnv(fs, "healthcheck"); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// run parses the configuration, then either probes a running server
+// (-healthcheck) or serves until SIGINT/SIGTERM and shuts down gracefully.
+// A second signal exits at once.
+func run(args []string, stderr io.Writer) error {
+	o, err := parseArgs(args, stderr)
+	if o == nil || err != nil {
 		return err
 	}
-	if err := server.ApplyEnv(fs); err != nil {
-		return err
-	}
-	if *healthcheck {
+	cfg := o.cfg
+	if o.healthcheck {
 		return probe(cfg.Addr)
 	}
-	log, err := newLogger(stderr, *logLevel, *logFormat)
+	log, err := newLogger(stderr, o.logLevel, o.logFormat)
 	if err != nil {
 		return err
 	}
+	warnFDLimit(log, cfg.MaxConns, nofileLimit())
 
 	srv, err := server.New(cfg, log)
 	if err != nil {
@@ -88,6 +118,70 @@ func run(args []string, stderr io.Writer) error {
 	return nil
 }
 
+// fdReserve is the file descriptors kept for everything but WebSocket
+// connections: stdio, the listener, epoll, NATS, HTTP requests to /metrics,
+// /healthz and the page, and upgrades in flight.
+const fdReserve = 256
+
+// fitFDLimit reports whether maxConns is above what the open-file limit
+// allows (limit minus fdReserve) and what would fit. Past the limit accept
+// fails with EMFILE; the server answers such clients 503 from a reserved
+// fd and backs off, so it degrades like -max-conns, only at a lower count,
+// which is why gochat warns at start rather than change the setting.
+// limit 0 means unknown.
+func fitFDLimit(maxConns int, limit uint64) (fit int, lim uint64, over bool) {
+	if limit == 0 || limit > uint64(math.MaxInt) {
+		return maxConns, limit, false
+	}
+	fit = max(int(limit)-fdReserve, 1)
+	if maxConns <= fit {
+		return maxConns, limit, false
+	}
+	return fit, limit, true
+}
+
+// warnFDLimit logs a warning when maxConns does not fit the open-file limit.
+func warnFDLimit(log *slog.Logger, maxConns int, limit uint64) {
+	if fit, limit, over := fitFDLimit(maxConns, limit); over {
+		log.Warn("max-conns is above what the open-file limit allows (one fd per connection, plus a reserve): "+
+			"once fds run out, new clients get 503 instead; raise `ulimit -n` (nofile) or lower -max-conns",
+			"max_conns", maxConns, "nofile", limit, "fits", fit)
+	}
+}
+
+// nofileLimit is this process's soft RLIMIT_NOFILE (the Go runtime has
+// already raised it to the hard limit), or 0 if unknown.
+func nofileLimit() uint64 {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil || lim.Cur == math.MaxUint64 {
+		return 0
+	}
+	return lim.Cur
+}
+
+// choice is a string flag restricted to a few values (case-insensitive).
+type choice struct {
+	p   *string
+	any []string
+}
+
+func (c choice) String() string {
+	if c.p == nil {
+		return ""
+	}
+	return *c.p
+}
+
+func (c choice) Set(s string) error {
+	for _, v := range c.any {
+		if strings.EqualFold(s, v) {
+			*c.p = v
+			return nil
+		}
+	}
+	return fmt.Errorf("want %s", strings.Join(c.any, ", "))
+}
+
 func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
@@ -104,7 +198,9 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 }
 
 // probe GETs /healthz on the local server: the container healthcheck,
-// since a scratch image has no curl.
+// since a scratch image has no curl. addr is the server's own -addr after
+// flags and GOCHAT_ADDR are applied, so `gochat -addr :9000 -healthcheck`
+// probes port 9000; an empty or wildcard host probes 127.0.0.1.
 func probe(addr string) error {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {

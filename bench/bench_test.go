@@ -337,3 +337,35 @@ func TestSoakLossy(t *testing.T) {
 		t.Errorf("disconnected %d churned %d slow %d", res.Disconnected, deref(res.Churned), deref(res.SlowClients))
 	}
 }
+
+// TestSoakCountsEvictionsStillLingering: the server evicts the slow
+// clients just before the end of the run but, like gochat, closes their
+// sockets only after a linger. The bench must still count every eviction
+// the server made (it used to report 0 while the server counted them all),
+// and report the server's count over the same window.
+func TestSoakCountsEvictionsStillLingering(t *testing.T) {
+	t.Parallel()
+	const conns = 20
+	ts := startTestServer(t, &testServer{victim: -1, linger: 1500 * time.Millisecond, slowFrom: conns - 2})
+	cfg := testConfig(ts, conns)
+	cfg.Senders = 2
+	cfg.Rate = 50
+	cfg.Duration = 2 * time.Second
+	cfg.Drain = time.Second
+	cfg.SlowPct = 10 // 2 slow clients: ids 18 and 19
+	cfg.Sample = 500 * time.Millisecond
+	cfg.EvictWait = 5 * time.Second
+	cfg.MetricsURL = ts.srv.URL + "/metrics"
+	ts.evictSlowAt = 2 * 2 * 50 * 9 / 10 // 90% into the run
+	res := run(t, runSoak, cfg)
+	dropped := ts.slowConsumers(func(int) bool { return true })
+	if dropped != 2 {
+		t.Fatalf("test server evicted %d, want 2 (sent %d)", dropped, res.Sent)
+	}
+	if deref(res.SlowEvicted) != dropped {
+		t.Errorf("slow evicted %d, server evicted %d", deref(res.SlowEvicted), dropped)
+	}
+	if res.ServerSlowConsumers == nil || *res.ServerSlowConsumers != dropped {
+		t.Errorf("server slow consumers reported %v, want %d", optInt(res.ServerSlowConsumers), dropped)
+	}
+}

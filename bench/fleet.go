@@ -43,6 +43,7 @@ type fleet struct {
 
 	errMu    sync.Mutex
 	dialErrs map[string]int
+	firstErr string // the first dial/upgrade error, for the exit message
 
 	soak *soak // non-nil in the soak scenario
 }
@@ -185,6 +186,9 @@ func (f *fleet) noteDialErr(err error) {
 	msg := errText(err)
 	f.errMu.Lock()
 	f.dialErrs[msg]++
+	if f.firstErr == "" {
+		f.firstErr = msg
+	}
 	f.errMu.Unlock()
 }
 
@@ -243,7 +247,10 @@ func (f *fleet) connectConfirmed(ctx context.Context, isSlow func(int) bool, pro
 	prog.setPhase("barrier")
 	first := f.firstAlive()
 	if first == nil {
-		return errors.New("no client connected")
+		if err := res.connectErr(); err != nil {
+			return fmt.Errorf("no client connected: %w", err)
+		}
+		return errors.New("no client connected (every reading client was gone before the barrier)")
 	}
 	res.Unconfirmed = f.waitBarrier(ctx, first)
 	return ctx.Err()

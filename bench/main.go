@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -43,10 +44,11 @@ type Config struct {
 	Slow     int
 
 	// soak
-	SlowPct float64
-	Churn   float64
-	Sample  time.Duration
-	Settle  time.Duration
+	SlowPct   float64
+	Churn     float64
+	Sample    time.Duration
+	Settle    time.Duration
+	EvictWait time.Duration
 
 	// Progress receives the live status line; nil disables it.
 	Progress io.Writer
@@ -87,6 +89,7 @@ var scenarios = map[string]scenario{
 			fs.Float64Var(&c.Churn, "churn", 20, "healthy non-sender clients per second that close (1000) and are replaced by a new client with a fresh username")
 			fs.DurationVar(&c.Sample, "sample", 10*time.Second, "interval of the progress line and of the time-series rows")
 			fs.DurationVar(&c.Settle, "settle", 30*time.Second, "after closing every client, wait at most this long for the server's gochat_connections to reach 0")
+			fs.DurationVar(&c.EvictWait, "evict-wait", 3*time.Second, "after sending, keep probing slow clients this long for evictions whose socket the server has not closed yet (gochat -close-linger, default 2s); ends early once the bench has seen every eviction the server counted")
 		}},
 }
 
@@ -145,10 +148,7 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	res, err := sc.run(ctx, cfg)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
-	}
+	res, err := runScenario(ctx, sc, cfg)
 	if res.Scenario != "" && (err == nil || res.Connected > 0) {
 		if cfg.JSON {
 			writeJSON(os.Stdout, &res)
@@ -157,8 +157,27 @@ func main() {
 		}
 	}
 	if err != nil {
+		// After the report, so that it is the last thing a reader sees.
+		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+}
+
+// runScenario runs sc and turns a run that could not measure what it
+// reports into an error: clients that could not connect (refused with 503,
+// nothing listening...) are named with the first cause and the counts, so
+// bench exits non-zero instead of printing a table of zeros.
+func runScenario(ctx context.Context, sc scenario, cfg *Config) (Result, error) {
+	res, err := sc.run(ctx, cfg)
+	if cerr := res.connectErr(); cerr != nil {
+		switch {
+		case err == nil:
+			err = cerr
+		case !strings.Contains(err.Error(), "could not connect"):
+			err = fmt.Errorf("%w; %w", err, cerr)
+		}
+	}
+	return res, err
 }
 
 // prepare validates cfg and fills the defaults that depend on other flags.

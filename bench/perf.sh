@@ -1,28 +1,88 @@
 #!/usr/bin/env bash
 # Reproduces the README's Performance figures on this machine: each
-# scenario gets a freshly started server (so RSS baselines are clean) and
-# writes the harness's JSON to bench/results/. Loopback only.
-#   bash bench/perf.sh            # everything (~4 minutes)
-#   bash bench/perf.sh idle       # one group: idle | broadcast | storm
+# scenario gets a freshly built server of its own (so RSS baselines are
+# clean) on a free loopback port, stopped afterwards. Loopback only.
+#   bash bench/perf.sh             # everything (~4 minutes)
+#   bash bench/perf.sh idle        # one group: idle | broadcast | storm | smoke
+#   bash bench/perf.sh -w idle     # and overwrite the tracked bench/results/*.json
+# The harness's JSON goes to a new bench/out/<UTC timestamp>/ (gitignored),
+# or PERF_OUT=dir; only -w or PERF_WRITE_RESULTS=1 writes bench/results/,
+# the figures the README quotes. PERF_PORT=n serves on port n instead of a
+# free one; the script refuses to run if anything already answers there.
+# "smoke" is a seconds-long check of this script itself (bench/perf_test.go).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=bench/results
-mkdir -p "$out"
-go build -o /tmp/gochat-perf .
-go build -o /tmp/gochat-bench ./bench
-port=18600
 
-# serve FLAGS... starts a fresh server and waits for /healthz.
-serve() {
-  /tmp/gochat-perf -addr 127.0.0.1:$port -log-level warn "$@" &
-  server=$!
-  for _ in $(seq 100); do curl -fs http://127.0.0.1:$port/healthz >/dev/null && return; sleep 0.05; done
-  echo "server did not start" >&2; exit 1
-}
-stop() { kill -TERM "$server"; wait "$server" || true; }
-bench() { /tmp/gochat-bench "$@" -url ws://127.0.0.1:$port/ws -json; }
-
+write=${PERF_WRITE_RESULTS:-0}
+if [[ ${1:-} == -w ]]; then
+  write=1
+  shift
+fi
 group=${1:-all}
+case $group in
+  all | idle | broadcast | storm | smoke) ;;
+  *) echo "usage: bash bench/perf.sh [-w] [all|idle|broadcast|storm|smoke]" >&2; exit 2 ;;
+esac
+if [[ $write == 1 ]]; then
+  out=bench/results
+else
+  out=${PERF_OUT:-bench/out/$(date -u +%Y%m%dT%H%M%SZ)}
+fi
+mkdir -p "$out"
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/gochat-perf.XXXXXX")
+server=
+cleanup() {
+  if [[ -n $server ]]; then
+    kill -TERM "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+  fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+go build -o "$tmp/gochat" .
+go build -o "$tmp/bench" ./bench
+
+# freeport prints a loopback port nobody listens on right now.
+freeport() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# answers reports whether anything accepts TCP connections on port $1.
+answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# serve FLAGS... starts a fresh server on a free port and waits for its
+# /healthz; it refuses a port that something else already answers on, so
+# the figures are never someone else's server's.
+serve() {
+  port=${PERF_PORT:-$(freeport)}
+  if answers "$port"; then
+    echo "perf.sh: something already answers on 127.0.0.1:$port; refusing to benchmark it (unset PERF_PORT or pick a free one)" >&2
+    exit 1
+  fi
+  "$tmp/gochat" -addr "127.0.0.1:$port" -log-level warn "$@" &
+  server=$!
+  for _ in $(seq 200); do
+    if ! kill -0 "$server" 2>/dev/null; then
+      server=
+      echo "perf.sh: the server exited at start" >&2
+      exit 1
+    fi
+    curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && return
+    sleep 0.05
+  done
+  echo "perf.sh: the server did not become healthy on 127.0.0.1:$port" >&2
+  exit 1
+}
+stop() {
+  kill -TERM "$server"
+  wait "$server" || true
+  server=
+}
+bench() { "$tmp/bench" "$@" -url "ws://127.0.0.1:$port/ws" -pid "$server" -json; }
+
 if [[ $group == all || $group == idle ]]; then
   for n in 1000 5000 10000 19000; do
     serve -presence=false
@@ -43,6 +103,12 @@ if [[ $group == all || $group == storm ]]; then
   bench storm -conns 2000 >"$out/storm-2000.json"
   stop
 fi
+if [[ $group == smoke ]]; then
+  serve -presence=false
+  bench idle -conns 50 -hold 200ms >"$out/smoke-idle-50.json"
+  stop
+fi
+echo "results in $out/" >&2
 python3 - "$out" <<'PY'
 import json, glob, os, sys
 for f in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):

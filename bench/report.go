@@ -18,11 +18,38 @@ func writeJSON(w io.Writer, r *Result) error {
 	return enc.Encode(r)
 }
 
-// writeTable prints r for a person: only the rows the scenario measured.
+// writeTable prints r for a person: only the rows the scenario measured,
+// then, for a soak, its time series.
 func writeTable(w io.Writer, r *Result) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	row := func(k, format string, a ...any) { fmt.Fprintf(tw, "%s\t"+format+"\n", append([]any{k}, a...)...) }
 
+	connectRows(row, r)
+	switch r.Scenario {
+	case "broadcast", "slow":
+		trafficRows(row, r)
+	case "storm":
+		stormRows(row, r)
+	case "idle":
+		row("alive after hold", "%d", r.Receivers)
+	case "soak":
+		soakRows(row, r)
+	}
+	clientErrorRows(row, r)
+	serverRows(row, r)
+	serverWindowRows(row, r)
+	if err := tw.Flush(); err != nil || len(r.Samples) == 0 {
+		return err
+	}
+	fmt.Fprintln(w)
+	return writeSamples(w, r.Samples)
+}
+
+// rowFunc prints one "key<TAB>value" row of the table.
+type rowFunc func(k, format string, a ...any)
+
+// connectRows: the ramp-up, its errors and unconfirmed joins.
+func connectRows(row rowFunc, r *Result) {
 	row("scenario", "%s  %s", r.Scenario, r.URL)
 	row("connected", "%d / %d  (%.0f/s over %.2fs, %d failed)", r.Connected, r.Conns, r.ConnectsPerSec, r.ConnectSeconds, r.ConnectFailed)
 	for _, k := range sortedKeys(r.ConnectErrors) {
@@ -31,50 +58,60 @@ func writeTable(w io.Writer, r *Result) error {
 	if r.Unconfirmed > 0 {
 		row("joins unconfirmed", "%d  (no barrier message arrived: join not registered?)", r.Unconfirmed)
 	}
-	switch r.Scenario {
-	case "broadcast", "slow":
-		row("sent", "%d  (%d senders, %d send errors)", r.Sent, r.Senders, r.SendErrors)
-		row("receivers", "%d  (connected for the whole run)", r.Receivers)
-		row("deliveries", "%d of %d expected  (%.0f/s over %.2fs)", r.Deliveries, r.Expected, r.DeliveriesPerSec, r.DurationSeconds)
-		row("lost", "%d%s", r.Lost, pct(r.Lost, r.Expected))
-		if r.OutOfOrder > 0 {
-			row("out of order / dup", "%d", r.OutOfOrder)
-		}
-		if l := r.Latency; l != nil {
-			row("latency ms", "p50 %.2f  p90 %.2f  p99 %.2f  max %.2f  (%d samples)", l.P50, l.P90, l.P99, l.Max, l.Count)
-		}
-	case "storm":
-		row("clients", "%d connected at the end", r.Receivers)
-		row("notices", "%d received, %d expected at least, %d missing, %d duplicated",
-			deref(r.NoticesReceived), deref(r.NoticesExpected), deref(r.NoticesMissing), deref(r.NoticesDup))
-		row("drain", "%.3fs from first dial to last notice  (%.0f notices/s)", deref(r.DrainSeconds), r.DeliveriesPerSec)
-	case "idle":
-		row("alive after hold", "%d", r.Receivers)
-	case "soak":
-		row("sent", "%d  (%d senders, %d send errors)", r.Sent, r.Senders, r.SendErrors)
-		row("deliveries", "%d  (%.0f/s over %.2fs)", r.Deliveries, r.DeliveriesPerSec, r.DurationSeconds)
-		row("lost", "%d  (messages owed to healthy clients after their join was confirmed; %d of them connected at the end)", r.Lost, r.Receivers)
-		if r.OutOfOrder > 0 {
-			row("out of order / dup", "%d", r.OutOfOrder)
-		}
-		if l := r.Latency; l != nil {
-			row("latency ms", "p50 %.2f  p90 %.2f  p99 %.2f  max %.2f  (%d samples, ±3%%)", l.P50, l.P90, l.P99, l.Max, l.Count)
-		}
-		row("churned", "%d  (closed 1000 and replaced; server echo codes:%s; %d ticks skipped)",
-			deref(r.Churned), strings.TrimSuffix(strings.TrimPrefix(codes(r.ChurnCloseCodes), "  (close codes:"), ")"), deref(r.ChurnSkipped))
-		row("slow evicted", "%d  (%d slow slots, each refilled)%s; the server counted %s slow-consumer closes",
-			deref(r.SlowEvicted), deref(r.SlowClients), codes(r.SlowCodes), optInt(r.ServerSlowConsumers))
-		for _, k := range sortedKeys(r.SlowWhy) {
-			row("  slow disconnect error", "%d × %s", r.SlowWhy[k], k)
-		}
-		row("healthy disconnected", "%d  (by the server; replaced)", deref(r.HealthyDisconnected))
-		if deref(r.ReplaceFailed) > 0 {
-			row("replacement dials failed", "%d", *r.ReplaceFailed)
-			for _, k := range sortedKeys(r.ReplaceErrors) {
-				row("  replace error", "%d × %s", r.ReplaceErrors[k], k)
-			}
+}
+
+// trafficRows: what broadcast and slow measured.
+func trafficRows(row rowFunc, r *Result) {
+	row("sent", "%d  (%d senders, %d send errors)", r.Sent, r.Senders, r.SendErrors)
+	row("receivers", "%d  (connected for the whole run)", r.Receivers)
+	row("deliveries", "%d of %d expected  (%.0f/s over %.2fs)", r.Deliveries, r.Expected, r.DeliveriesPerSec, r.DurationSeconds)
+	row("lost", "%d%s", r.Lost, pct(r.Lost, r.Expected))
+	if r.OutOfOrder > 0 {
+		row("out of order / dup", "%d", r.OutOfOrder)
+	}
+	if l := r.Latency; l != nil {
+		row("latency ms", "p50 %.2f  p90 %.2f  p99 %.2f  max %.2f  (%d samples)", l.P50, l.P90, l.P99, l.Max, l.Count)
+	}
+}
+
+// stormRows: the join notices and how long they took.
+func stormRows(row rowFunc, r *Result) {
+	row("clients", "%d connected at the end", r.Receivers)
+	row("notices", "%d received, %d expected at least, %d missing, %d duplicated",
+		deref(r.NoticesReceived), deref(r.NoticesExpected), deref(r.NoticesMissing), deref(r.NoticesDup))
+	row("drain", "%.3fs from first dial to last notice  (%.0f notices/s)", deref(r.DrainSeconds), r.DeliveriesPerSec)
+}
+
+// soakRows: traffic, churn, slow-consumer evictions and replacements.
+func soakRows(row rowFunc, r *Result) {
+	row("sent", "%d  (%d senders, %d send errors)", r.Sent, r.Senders, r.SendErrors)
+	row("deliveries", "%d  (%.0f/s over %.2fs)", r.Deliveries, r.DeliveriesPerSec, r.DurationSeconds)
+	row("lost", "%d  (messages owed to healthy clients after their join was confirmed; %d of them connected at the end)", r.Lost, r.Receivers)
+	if r.OutOfOrder > 0 {
+		row("out of order / dup", "%d", r.OutOfOrder)
+	}
+	if l := r.Latency; l != nil {
+		row("latency ms", "p50 %.2f  p90 %.2f  p99 %.2f  max %.2f  (%d samples, ±3%%)", l.P50, l.P90, l.P99, l.Max, l.Count)
+	}
+	row("churned", "%d  (closed 1000 and replaced; server echo codes:%s; %d ticks skipped)",
+		deref(r.Churned), strings.TrimSuffix(strings.TrimPrefix(codes(r.ChurnCloseCodes), "  (close codes:"), ")"), deref(r.ChurnSkipped))
+	row("slow evicted", "%d  (%d slow slots, each refilled)%s; the server counted %s slow-consumer closes",
+		deref(r.SlowEvicted), deref(r.SlowClients), codes(r.SlowCodes), optInt(r.ServerSlowConsumers))
+	for _, k := range sortedKeys(r.SlowWhy) {
+		row("  slow disconnect error", "%d × %s", r.SlowWhy[k], k)
+	}
+	row("healthy disconnected", "%d  (by the server; replaced)", deref(r.HealthyDisconnected))
+	if deref(r.ReplaceFailed) > 0 {
+		row("replacement dials failed", "%d", *r.ReplaceFailed)
+		for _, k := range sortedKeys(r.ReplaceErrors) {
+			row("  replace error", "%d × %s", r.ReplaceErrors[k], k)
 		}
 	}
+}
+
+// clientErrorRows: Error replies, unparsed frames, disconnects and, outside
+// the soak, the slow clients.
+func clientErrorRows(row rowFunc, r *Result) {
 	if r.ServerErrors > 0 {
 		row("server Error: replies", "%d  (e.g. rate limit: start the server with a higher -rate/-burst)", r.ServerErrors)
 	}
@@ -92,6 +129,10 @@ func writeTable(w io.Writer, r *Result) error {
 		}
 		row("slow backlog", "%d messages still readable by the slow clients afterwards", deref(r.SlowBacklog))
 	}
+}
+
+// serverRows: what the server process used (sampled via /proc or /metrics).
+func serverRows(row rowFunc, r *Result) {
 	s := r.Server
 	if s.RSSBytes != nil {
 		row("server rss", "%s", mib(float64(*s.RSSBytes)))
@@ -121,28 +162,33 @@ func writeTable(w io.Writer, r *Result) error {
 	if s == (ServerStats{}) {
 		row("server", "not observed (no -pid and no reachable -metrics)")
 	}
-	if r.Baseline != nil {
-		row("", "")
-		row("server", "baseline\tpeak\tafter  (settled %.1fs, gochat_connections %s)", deref(r.SettleSeconds), optInt(r.ConnectionsAfter))
-		b, p, a := r.Baseline, r.Peak, r.After
-		optMiB := func(v *uint64) string {
-			if v == nil {
-				return "-"
-			}
-			return mib(float64(*v))
+}
+
+// serverWindowRows: the soak's baseline / peak / after comparison.
+func serverWindowRows(row rowFunc, r *Result) {
+	if r.Baseline == nil {
+		return
+	}
+	row("", "")
+	row("server", "baseline\tpeak\tafter  (settled %.1fs, gochat_connections %s)", deref(r.SettleSeconds), optInt(r.ConnectionsAfter))
+	b, p, a := r.Baseline, r.Peak, r.After
+	optMiB := func(v *uint64) string {
+		if v == nil {
+			return "-"
 		}
-		row("  rss", "%s\t%s\t%s", optMiB(b.RSSBytes), optMiB(p.RSSBytes), optMiB(a.RSSBytes))
-		row("  goroutines", "%s\t%s\t%s", optInt(b.Goroutines), optInt(p.Goroutines), optInt(a.Goroutines))
-		row("  fds", "%s\t%s\t%s", optInt(b.FDs), optInt(p.FDs), optInt(a.FDs))
-		row("  cpu seconds", "%s\t%s\t%s", optF(b.CPUSeconds), optF(p.CPUSeconds), optF(a.CPUSeconds))
+		return mib(float64(*v))
 	}
-	if err := tw.Flush(); err != nil || len(r.Samples) == 0 {
-		return err
-	}
-	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w)
+	row("  rss", "%s\t%s\t%s", optMiB(b.RSSBytes), optMiB(p.RSSBytes), optMiB(a.RSSBytes))
+	row("  goroutines", "%s\t%s\t%s", optInt(b.Goroutines), optInt(p.Goroutines), optInt(a.Goroutines))
+	row("  fds", "%s\t%s\t%s", optInt(b.FDs), optInt(p.FDs), optInt(a.FDs))
+	row("  cpu seconds", "%s\t%s\t%s", optF(b.CPUSeconds), optF(p.CPUSeconds), optF(a.CPUSeconds))
+}
+
+// writeSamples prints the soak's time series, one row per sample.
+func writeSamples(w io.Writer, samples []SoakSample) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "elapsed\trss MiB\tgoroutines\tfds\tcpu s\tconnected\tdeliveries/s\tlost\tp99 ms\tchurned\tslow evicted\t")
-	for _, x := range r.Samples {
+	for _, x := range samples {
 		rss := "-"
 		if x.RSSBytes != nil {
 			rss = fmt.Sprintf("%.1f", float64(*x.RSSBytes)/(1<<20))

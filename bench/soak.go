@@ -67,6 +67,8 @@ const (
 	soakCloseWait = 2 * time.Second
 	// tcpEstablished is TCP_ESTABLISHED in struct tcp_info's tcpi_state.
 	tcpEstablished = 1
+	// slowMetric is the server's count of slow-consumer closes.
+	slowMetric = "gochat_slow_consumer_disconnects_total"
 )
 
 // latHist is a per-client latency histogram in µs with atomic buckets, so
@@ -515,17 +517,42 @@ func closedTCP(nc net.Conn) bool {
 }
 
 // finalProbe collects, at the end of the run, the slow clients the server
-// evicted since the last probe (not replaced any more).
-func (s *soak) finalProbe(ctx context.Context) {
+// evicted since the last probe (not replaced any more). The server closes
+// an evicted client's socket only after its close linger (gochat
+// -close-linger, 2 s by default): until then the socket looks established,
+// so one probe would miss every eviction of the last seconds — a run that
+// ends as the slow clients fill their queues showed "slow evicted 0" while
+// the server counted one per slow client. So it probes until the bench has
+// seen as many evictions as serverSlow (the server's count since the start,
+// ok false when unknown) reports, or cfg.EvictWait passes.
+func (s *soak) finalProbe(ctx context.Context, serverSlow func() (int, bool)) {
+	deadline := time.Now().Add(s.cfg.EvictWait)
+	for {
+		s.probeRound(ctx)
+		if s.slowN == 0 || ctx.Err() != nil || !time.Now().Before(deadline) {
+			return
+		}
+		s.mu.Lock()
+		seen := s.acc.slowEvicted
+		s.mu.Unlock()
+		if n, ok := serverSlow(); ok && seen >= n {
+			return
+		}
+		time.Sleep(min(200*time.Millisecond, time.Until(deadline)))
+	}
+}
+
+// probeRound probes every slow client once and collects the evicted ones.
+func (s *soak) probeRound(ctx context.Context) {
 	var gone []int
 	for i, c := range s.slots {
-		if c != nil && c.slow && c.up.Load() && s.probeSlow(c) {
+		if c != nil && c.slow && c.up.Load() && !s.busy[i] && s.probeSlow(c) {
 			gone = append(gone, i)
 		}
 	}
 	time.Sleep(100 * time.Millisecond) // for resets still on their way
 	for i, c := range s.slots {
-		if c != nil && c.slow && c.up.Load() && !slices.Contains(gone, i) && closedTCP(c.nc) {
+		if c != nil && c.slow && c.up.Load() && !s.busy[i] && !slices.Contains(gone, i) && closedTCP(c.nc) {
 			gone = append(gone, i)
 		}
 	}
@@ -640,54 +667,114 @@ func (s *soak) sent() (n uint64) {
 }
 
 // runSoak is the soak scenario; see the comment at the top of this file.
+// Its phases, in order: check the flags, connect, run (send, churn, evict,
+// sample), drain, final probe, collect who is left, settle, report.
 func runSoak(ctx context.Context, cfg *Config) (Result, error) {
 	res := Result{Scenario: "soak", Senders: cfg.Senders}
+	slowN, err := soakSlowCount(cfg)
+	if err != nil {
+		return res, err
+	}
+	smp := newSampler(cfg.PID, cfg.MetricsURL)
+	baseline, m0 := smp.sampleMetrics(ctx)
+
+	s := newSoakRun(ctx, cfg, slowN)
+	if err := s.connect(ctx, &res); err != nil {
+		return res, err
+	}
+	series := &soakSeries{s: s, smp: smp}
+	t0, sendEnd, sendErrs := s.runTraffic(ctx, series)
+	s.drain(ctx)
+	serverSlow := func() (int, bool) {
+		v0, ok0 := m0[slowMetric]
+		v1, ok1 := smp.metrics(ctx)[slowMetric]
+		return int(v1 - v0), ok0 && ok1
+	}
+	s.finalProbe(ctx, serverSlow)
+	series.take(ctx, time.Now())
+	// The server's count over the same window as the bench's: before the
+	// bench closes its clients.
+	if n, ok := serverSlow(); ok {
+		res.ServerSlowConsumers = ptr(n)
+	}
+	s.collect(&res, sendEnd)
+	after := s.settle(ctx, smp, &res)
+
+	res.Sent = s.sent()
+	res.SendErrors = sendErrs
+	res.Senders = s.f.activeSenders
+	s.fillTraffic(&res, t0, sendEnd)
+	s.fillClients(&res)
+	res.Samples = series.rows
+	fillServerWindow(&res, baseline, after, series.rows)
+	return res, nil
+}
+
+// soakSlowCount checks the soak's flags and returns how many of -conns
+// never read (-slow-pct, at least one when it is above 0).
+func soakSlowCount(cfg *Config) (int, error) {
 	slowN := int(math.Round(float64(cfg.Conns) * cfg.SlowPct / 100))
 	if cfg.SlowPct > 0 {
 		slowN = max(slowN, 1)
 	}
 	if err := checkTraffic(cfg, slowN); err != nil {
-		return res, err
+		return 0, err
 	}
 	switch {
 	case cfg.Sample <= 0 || cfg.Duration <= 0:
-		return res, errors.New("-sample and -duration must be > 0")
+		return 0, errors.New("-sample and -duration must be > 0")
 	case cfg.Churn < 0 || cfg.SlowPct < 0:
-		return res, errors.New("-churn and -slow-pct must be >= 0")
+		return 0, errors.New("-churn and -slow-pct must be >= 0")
 	}
-	smp := newSampler(cfg.PID, cfg.MetricsURL)
-	baseline, m0 := smp.sampleMetrics(ctx)
+	return slowN, nil
+}
 
+// newSoakRun prepares the fleet and the soak's state: the last slowN
+// clients never read, the first cfg.Senders send.
+func newSoakRun(ctx context.Context, cfg *Config, slowN int) *soak {
 	f := newFleet(cfg, cfg.Conns)
 	f.senders = cfg.Senders
 	s := newSoak(f, cfg, slowN)
 	f.soak = s
 	s.ctx = ctx
-	isSlow := func(id int) bool { return id >= cfg.Conns-slowN }
 	for i, c := range f.clients {
 		c.exited = make(chan struct{})
-		if !isSlow(i) {
+		if !s.isSlowID(i) {
 			c.lat = new(latHist)
 		}
 	}
 	s.senders = f.clients[:cfg.Senders:cfg.Senders]
+	return s
+}
 
-	prog := startProgress(f, cfg.Progress)
-	err := f.connectConfirmed(ctx, isSlow, prog, &res)
+// isSlowID reports whether the client of ramp-up id id never reads.
+func (s *soak) isSlowID(id int) bool { return id >= s.cfg.Conns-s.slowN }
+
+// connect ramps every client up and confirms the joins, then hands the
+// clients to the soak's slots: f.clients keeps only the senders (sendAll
+// reads them) until the final close.
+func (s *soak) connect(ctx context.Context, res *Result) error {
+	f := s.f
+	prog := startProgress(f, s.cfg.Progress)
+	err := f.connectConfirmed(ctx, s.isSlowID, prog, res)
 	prog.end()
 	if err != nil {
 		f.closeAll()
-		return res, err
+		return err
 	}
-
-	// From here on the soak owns the clients: f.clients keeps only the
-	// senders (sendAll reads them) until the final close.
 	s.slots = append([]*client(nil), f.clients...)
 	s.busy = make([]bool, len(s.slots))
-	f.clients = f.clients[:cfg.Senders:cfg.Senders]
+	f.clients = f.clients[:s.cfg.Senders:s.cfg.Senders]
+	return nil
+}
 
+// runTraffic sends for cfg.Duration while churn and maintain run in the
+// background, taking a sample every cfg.Sample. It returns the bench time
+// sending started and ended, and the senders' write errors.
+func (s *soak) runTraffic(ctx context.Context, series *soakSeries) (t0, sendEnd int64, sendErrs uint64) {
+	f, cfg := s.f, s.cfg
 	start := time.Now()
-	t0 := f.now()
+	t0 = f.now()
 	bg, stopBG := context.WithCancel(ctx)
 	var bgWG sync.WaitGroup
 	bgWG.Add(2)
@@ -695,64 +782,31 @@ func runSoak(ctx context.Context, cfg *Config) (Result, error) {
 	go func() { defer bgWG.Done(); s.maintain(bg) }()
 	sendDone := make(chan uint64, 1)
 	go func() { sendDone <- f.sendAll(ctx, cfg) }()
-
-	var rows []SoakSample
-	prev := s.live()
-	prevAt := start
-	row := func(now time.Time) {
-		srv, m := smp.sampleMetrics(ctx)
-		l := s.live()
-		dt := now.Sub(prevAt).Seconds()
-		r := SoakSample{
-			ElapsedSeconds: math.Round(now.Sub(start).Seconds()*10) / 10,
-			RSSBytes:       srv.RSS, Goroutines: srv.Goroutines, FDs: srv.FDs, CPUSeconds: srv.CPU,
-			Connected: l.connected, Sent: s.sent(), Lost: l.lost,
-			Churned: l.churned, SlowEvicted: l.slowEvicts,
-		}
-		if v, ok := m["gochat_connections"]; ok {
-			r.ServerConnections = ptr(int(v))
-		}
-		if dt > 0 {
-			r.DeliveriesPerSec = math.Round(float64(l.deliveries-prev.deliveries) / dt)
-		}
-		var iv latCounts
-		for i := range iv {
-			iv[i] = l.lat[i] - prev.lat[i]
-		}
-		if p, ok := iv.quantile(0.99); ok {
-			r.P99Ms = ptr(p)
-		}
-		prev, prevAt = l, now
-		rows = append(rows, r)
-		if cfg.Progress != nil {
-			fmt.Fprintf(cfg.Progress, "[soak %s] connected %d | sent %d | %.0f deliveries/s | lost %d | p99 %s | churned %d | slow evicted %d | server %s\n",
-				time.Duration(r.ElapsedSeconds*float64(time.Second)), r.Connected, r.Sent, r.DeliveriesPerSec, r.Lost,
-				fmtMs(r.P99Ms), r.Churned, r.SlowEvicted, fmtServer(srv, r.ServerConnections))
-		}
-	}
+	series.start(start)
 
 	tick := time.NewTicker(cfg.Sample)
-	var sendErrs uint64
 wait:
 	for {
 		select {
 		case sendErrs = <-sendDone:
 			break wait
 		case now := <-tick.C:
-			row(now)
+			series.take(ctx, now)
 		}
 	}
 	tick.Stop()
 	stopBG()
 	bgWG.Wait()
 	s.ops.Wait()
-	sendEnd := f.now()
+	return t0, f.now(), sendErrs
+}
 
-	// Drain: every healthy client still connected should get the last
-	// message of every sender.
-	// Clients confirmed after some sender's last message are owed only
-	// part of the tail, which they cannot signal; the tail accounting
-	// covers them, the drain waits for the others.
+// drain waits, at most cfg.Drain, until every healthy client still
+// connected got the last message of every sender. Clients confirmed after
+// some sender's last message are owed only part of the tail, which they
+// cannot signal; the tail accounting covers them, the drain waits for the
+// others.
+func (s *soak) drain(ctx context.Context) {
 	var target int64
 	lastTS := int64(math.MaxInt64)
 	for sd := range s.senders {
@@ -761,7 +815,7 @@ wait:
 			lastTS = min(lastTS, s.logAt(sd, n))
 		}
 	}
-	deadline := time.Now().Add(cfg.Drain)
+	deadline := time.Now().Add(s.cfg.Drain)
 	for ctx.Err() == nil && time.Now().Before(deadline) {
 		done := true
 		for _, c := range s.slots {
@@ -775,10 +829,11 @@ wait:
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	s.finalProbe(ctx)
-	row(time.Now())
+}
 
-	// Who is still here decides who owes a tail.
+// collect closes every client left and folds it into the totals. Who is
+// still here decides who owes a tail.
+func (s *soak) collect(res *Result, sendEnd int64) {
 	var final []*client
 	var endAlive []bool
 	for _, c := range s.slots {
@@ -787,8 +842,8 @@ wait:
 			endAlive = append(endAlive, s.f.alive(c))
 		}
 	}
-	f.clients = final
-	f.closeAll()
+	s.f.clients = final
+	s.f.closeAll()
 	a := &s.acc
 	for i, c := range final {
 		switch {
@@ -805,11 +860,14 @@ wait:
 		}
 		a.fold(c)
 	}
+}
 
-	// Let the server release everything, then take the "after" sample.
+// settle lets the server release everything (gochat_connections back to
+// 0, at most cfg.Settle), then takes the "after" sample.
+func (s *soak) settle(ctx context.Context, smp *sampler, res *Result) serverSample {
 	settleStart := time.Now()
-	if cfg.MetricsURL != "" {
-		for time.Since(settleStart) < cfg.Settle && ctx.Err() == nil {
+	if s.cfg.MetricsURL != "" {
+		for time.Since(settleStart) < s.cfg.Settle && ctx.Err() == nil {
 			if v, ok := smp.metrics(ctx)["gochat_connections"]; !ok || v == 0 {
 				break
 			}
@@ -821,10 +879,12 @@ wait:
 	if v, ok := m1["gochat_connections"]; ok {
 		res.ConnectionsAfter = ptr(int(v))
 	}
+	return after
+}
 
-	res.Sent = s.sent()
-	res.SendErrors = sendErrs
-	res.Senders = f.activeSenders
+// fillTraffic reports deliveries, loss and latency of the healthy clients.
+func (s *soak) fillTraffic(res *Result, t0, sendEnd int64) {
+	a := &s.acc
 	res.Deliveries = a.deliveries
 	res.Lost = int64(a.lost)
 	res.OutOfOrder = a.outOfOrder
@@ -838,10 +898,15 @@ wait:
 		p := func(q float64) float64 { v, _ := a.lat.quantile(q); return v }
 		res.Latency = &Latency{Count: int64(n), P50: p(0.50), P90: p(0.90), P99: p(0.99), Max: float64(a.latMax) / 1e3}
 	}
+}
+
+// fillClients reports disconnects, evictions, churn and replacements.
+func (s *soak) fillClients(res *Result) {
+	a := &s.acc
 	res.Disconnected = a.healthyGone + a.slowEvicted
 	res.DisconnectCodes, res.DisconnectWhy = a.codes, a.why
 	res.HealthyDisconnected = ptr(a.healthyGone)
-	res.SlowClients = ptr(slowN)
+	res.SlowClients = ptr(s.slowN)
 	res.SlowDisconnected = ptr(a.slowEvicted)
 	res.SlowEvicted = ptr(a.slowEvicted)
 	res.SlowCodes, res.SlowWhy = a.slowCodes, a.slowWhy
@@ -853,12 +918,10 @@ wait:
 	if len(a.replaceErrs) > 0 {
 		res.ReplaceErrors = a.replaceErrs
 	}
-	if v0, ok0 := m0["gochat_slow_consumer_disconnects_total"]; ok0 {
-		if v1, ok1 := m1["gochat_slow_consumer_disconnects_total"]; ok1 {
-			res.ServerSlowConsumers = ptr(int(v1 - v0))
-		}
-	}
-	res.Samples = rows
+}
+
+// fillServerWindow reports the server before, at its peak and after.
+func fillServerWindow(res *Result, baseline, after serverSample, rows []SoakSample) {
 	res.Baseline, res.After = statsOf(baseline), statsOf(after)
 	res.Peak = peakOf(baseline, after, rows)
 	res.Server = *statsOf(after)
@@ -868,7 +931,56 @@ wait:
 			res.CPUUsPerDeliver = ptr(*res.Server.CPUSeconds * 1e6 / float64(res.Deliveries))
 		}
 	}
-	return res, nil
+}
+
+// soakSeries is the soak's time series: one row per take, each compared
+// with the previous one for rates and the interval's p99.
+type soakSeries struct {
+	s      *soak
+	smp    *sampler
+	t0     time.Time
+	prev   soakLive
+	prevAt time.Time
+	rows   []SoakSample
+}
+
+func (ss *soakSeries) start(now time.Time) {
+	ss.t0, ss.prevAt, ss.prev = now, now, ss.s.live()
+}
+
+// take samples the server and the clients and appends a row (and prints
+// the progress line).
+func (ss *soakSeries) take(ctx context.Context, now time.Time) {
+	s, cfg := ss.s, ss.s.cfg
+	srv, m := ss.smp.sampleMetrics(ctx)
+	l := s.live()
+	dt := now.Sub(ss.prevAt).Seconds()
+	r := SoakSample{
+		ElapsedSeconds: math.Round(now.Sub(ss.t0).Seconds()*10) / 10,
+		RSSBytes:       srv.RSS, Goroutines: srv.Goroutines, FDs: srv.FDs, CPUSeconds: srv.CPU,
+		Connected: l.connected, Sent: s.sent(), Lost: l.lost,
+		Churned: l.churned, SlowEvicted: l.slowEvicts,
+	}
+	if v, ok := m["gochat_connections"]; ok {
+		r.ServerConnections = ptr(int(v))
+	}
+	if dt > 0 {
+		r.DeliveriesPerSec = math.Round(float64(l.deliveries-ss.prev.deliveries) / dt)
+	}
+	var iv latCounts
+	for i := range iv {
+		iv[i] = l.lat[i] - ss.prev.lat[i]
+	}
+	if p, ok := iv.quantile(0.99); ok {
+		r.P99Ms = ptr(p)
+	}
+	ss.prev, ss.prevAt = l, now
+	ss.rows = append(ss.rows, r)
+	if cfg.Progress != nil {
+		fmt.Fprintf(cfg.Progress, "[soak %s] connected %d | sent %d | %.0f deliveries/s | lost %d | p99 %s | churned %d | slow evicted %d | server %s\n",
+			time.Duration(r.ElapsedSeconds*float64(time.Second)), r.Connected, r.Sent, r.DeliveriesPerSec, r.Lost,
+			fmtMs(r.P99Ms), r.Churned, r.SlowEvicted, fmtServer(srv, r.ServerConnections))
+	}
 }
 
 func statsOf(s serverSample) *ServerStats {

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"errors"
+	"fmt"
 	"maps"
 	"slices"
+	"strings"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
 )
@@ -17,6 +20,7 @@ type Result struct {
 	Connected      int            `json:"connected"`
 	ConnectFailed  int            `json:"connect_failed"`
 	ConnectErrors  map[string]int `json:"connect_errors,omitempty"`
+	ConnectFirst   string         `json:"connect_first_error,omitempty"`
 	ConnectSeconds float64        `json:"connect_seconds"`
 	ConnectsPerSec float64        `json:"connects_per_sec"`
 	Unconfirmed    int            `json:"joins_unconfirmed"`
@@ -113,10 +117,32 @@ func (r *Result) fillConnect(f *fleet) {
 	if len(f.dialErrs) > 0 {
 		r.ConnectErrors = maps.Clone(f.dialErrs)
 	}
+	r.ConnectFirst = f.firstErr
 	r.ConnectSeconds = f.connectEnd.Sub(f.connectStart).Seconds()
 	if r.ConnectSeconds > 0 {
 		r.ConnectsPerSec = float64(r.Connected) / r.ConnectSeconds
 	}
+}
+
+// connectErr is nil when every client connected; otherwise it says how
+// many could not, the first error and the count of each error, because a
+// run short of clients did not measure what it reports.
+func (r *Result) connectErr() error {
+	if r.ConnectFailed == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("%d of %d clients could not connect", r.ConnectFailed, r.Conns)
+	if r.ConnectFirst != "" {
+		msg += ": first error: " + r.ConnectFirst
+	}
+	if len(r.ConnectErrors) > 0 {
+		var parts []string
+		for _, k := range slices.Sorted(maps.Keys(r.ConnectErrors)) {
+			parts = append(parts, fmt.Sprintf("%d× %s", r.ConnectErrors[k], k))
+		}
+		msg += " (" + strings.Join(parts, "; ") + ")"
+	}
+	return errors.New(msg)
 }
 
 // mergeLatency merges the per-connection histograms of clients (read after

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 )
@@ -37,6 +39,15 @@ type testServer struct {
 	// that never read); the others get 4096, so a slow -race run cannot
 	// make a reading client overflow.
 	slowFrom int
+	// linger > 0 keeps an evicted slow consumer's socket open that long
+	// before closing it, like gochat's -close-linger.
+	linger time.Duration
+	// evictSlowAt > 0 evicts every client with bench id >= slowFrom as a
+	// slow consumer when the evictSlowAt-th measured message arrives.
+	evictSlowAt int
+	// maxConns > 0 answers upgrades past that many open connections with
+	// 503, like gochat's -max-conns.
+	maxConns int
 	// sndbuf > 0 sets SO_SNDBUF on accepted connections so that clients
 	// that do not read back up quickly.
 	sndbuf int
@@ -45,6 +56,7 @@ type testServer struct {
 	ctx context.Context
 
 	mu             sync.Mutex
+	open           int // upgraded connections, for maxConns
 	clients        []*tsClient
 	measured       int // measured broadcasts
 	droppedAlive   int // measured messages dropped for clients never closed
@@ -102,6 +114,27 @@ type inMsg struct {
 }
 
 func (ts *testServer) serveWS(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/metrics" {
+		ts.mu.Lock()
+		fmt.Fprintf(w, "# TYPE gochat_slow_consumer_disconnects_total counter\ngochat_slow_consumer_disconnects_total %d\n", len(ts.slowDropped))
+		ts.mu.Unlock()
+		return
+	}
+	ts.mu.Lock()
+	full := ts.maxConns > 0 && ts.open >= ts.maxConns
+	if !full {
+		ts.open++
+	}
+	ts.mu.Unlock()
+	if full {
+		http.Error(w, "too many connections", http.StatusServiceUnavailable)
+		return
+	}
+	defer func() {
+		ts.mu.Lock()
+		ts.open--
+		ts.mu.Unlock()
+	}()
 	conn, err := websocket.Accept(w, r, nil)
 	if err != nil {
 		return
@@ -156,6 +189,13 @@ func (ts *testServer) broadcastLocked(from *tsClient, content, user string) {
 	measured := len(content) > offKind && content[0] == '~' && content[offKind] == kindMeasured
 	if measured {
 		ts.measured++
+		if ts.evictSlowAt > 0 && ts.measured == ts.evictSlowAt {
+			for _, c := range ts.clients {
+				if !c.closed && c.id >= ts.slowFrom {
+					ts.evictLocked(c)
+				}
+			}
+		}
 	}
 	notice := user == "System"
 	deliveries := 0
@@ -180,12 +220,7 @@ func (ts *testServer) broadcastLocked(from *tsClient, content, user string) {
 		case c.out <- msg:
 		default:
 			// Slow consumer: drop it without waiting on it.
-			c.closed = true
-			if ts.slowDropped == nil {
-				ts.slowDropped = map[int]bool{}
-			}
-			ts.slowDropped[c.id] = true
-			c.conn.CloseNow()
+			ts.evictLocked(c)
 		}
 	}
 	if measured && ts.measured == ts.closeAfter {
@@ -200,6 +235,21 @@ func (ts *testServer) broadcastLocked(from *tsClient, content, user string) {
 			}
 		}
 	}
+}
+
+// evictLocked drops c as a slow consumer: no more messages, and its socket
+// closed now or after ts.linger. ts.mu is held.
+func (ts *testServer) evictLocked(c *tsClient) {
+	c.closed = true
+	if ts.slowDropped == nil {
+		ts.slowDropped = map[int]bool{}
+	}
+	ts.slowDropped[c.id] = true
+	if ts.linger > 0 {
+		time.AfterFunc(ts.linger, func() { c.conn.CloseNow() })
+		return
+	}
+	c.conn.CloseNow()
 }
 
 func (ts *testServer) writeLoop(ctx context.Context, c *tsClient) {

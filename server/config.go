@@ -3,8 +3,12 @@ package server
 import (
 	"flag"
 	"fmt"
+	"math"
+	"net"
+	"net/url"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -15,6 +19,13 @@ import (
 // means "use the default"; Defaults fills them in and Validate checks them, both
 // in one place. RegisterFlags exposes every field as a flag whose help text is
 // the field's description below.
+//
+// Zero means "default" only for Go callers (server.New(server.Config{}, nil)
+// keeps working). The flag layer never passes on a zero it did not mean:
+// each flag checks its own value when it is set, from the command line or a
+// GOCHAT_ variable, and refuses a 0 that would be invalid, or stores the
+// field's explicit spelling where 0 means something (ErrorBudgetNone,
+// OverloadQueueOff), so a flag's 0 can never turn into the default.
 type Config struct {
 	// Addr is the TCP address serving /ws, the page, health and metrics.
 	Addr string
@@ -43,7 +54,8 @@ type Config struct {
 	// Burst is how many messages a client may send at once above Rate.
 	Burst int
 	// ErrorBudget is how many bad messages a client may send per minute
-	// before it is closed with 1008.
+	// before it is closed with 1008. Zero means the default (5);
+	// ErrorBudgetNone means none: the first bad message closes.
 	ErrorBudget int
 	// SendQueue is the outbound bytes a client may have pending before it is
 	// closed as a slow consumer.
@@ -61,10 +73,9 @@ type Config struct {
 	// room beyond it gets 503.
 	MaxRooms int
 	// History is how many messages each room keeps for ?history=N and
-	// ?since=ID. Negative keeps none.
+	// ?since=ID. Zero means the default (100); HistoryNone keeps none.
 	History int
-	// HistoryAge drops kept messages older than this. Negative keeps them
-	// until History pushes them out.
+	// HistoryAge drops kept messages older than this.
 	HistoryAge time.Duration
 	// MaxOutbound bounds the bytes pending for all clients together;
 	// past it, broadcast rounds wait for clients to read (senders are told
@@ -87,7 +98,8 @@ type Config struct {
 	// close frame and echo the peer's before the socket is closed.
 	CloseLinger time.Duration
 	// OverloadQueue is the worker-pool backlog (queued tasks) which, when
-	// sustained for a second, makes new connections be shed with 503.
+	// sustained for a second, makes new connections be shed with 503. Zero
+	// means the default (4096); OverloadQueueOff never sheds.
 	OverloadQueue int
 	// NATS is the NATS URL (or comma-separated URLs) through which several
 	// gochat nodes share one chat; empty means a single node (cluster.go).
@@ -120,6 +132,18 @@ const (
 	DefaultMaxOutbound      = 64 << 20
 	DefaultMaxInbound       = 64 << 20
 	DefaultNATSSubject      = "gochat.room"
+	DefaultOverloadQueue    = 4096
+
+	// ErrorBudgetNone is Config.ErrorBudget for "no bad message is
+	// tolerated" (the flag's -error-budget 0), since a zero field means
+	// the default.
+	ErrorBudgetNone = -1
+	// HistoryNone is Config.History for "rooms keep no history" (the
+	// flag's -history 0).
+	HistoryNone = -1
+	// OverloadQueueOff is Config.OverloadQueue for "never shed new
+	// connections on worker backlog" (the flag's -overload-queue 0).
+	OverloadQueueOff = math.MaxInt
 )
 
 // maxHandshake caps the HTTP request head; larger requests get 431.
@@ -198,7 +222,7 @@ func (c Config) Defaults() Config {
 		c.CloseLinger = DefaultCloseLinger
 	}
 	if c.OverloadQueue == 0 {
-		c.OverloadQueue = 4096
+		c.OverloadQueue = DefaultOverloadQueue
 	}
 	if c.NATSSubject == "" {
 		c.NATSSubject = DefaultNATSSubject
@@ -217,8 +241,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("gochat: max-message %d < 64 bytes", c.MaxMessage)
 	case c.MaxContent < 1:
 		return fmt.Errorf("gochat: max-content %d < 1", c.MaxContent)
-	case c.Rate <= 0 || c.Burst < 1:
-		return fmt.Errorf("gochat: rate %v / burst %d must be positive", c.Rate, c.Burst)
+	case !(c.Rate > 0) || math.IsInf(c.Rate, 0) || c.Burst < 1: // !(>0) also catches NaN
+		return fmt.Errorf("gochat: rate %v / burst %d must be positive and finite", c.Rate, c.Burst)
+	case c.ErrorBudget < ErrorBudgetNone:
+		return fmt.Errorf("gochat: error-budget %d < 0", c.ErrorBudget)
 	case c.SendQueue < 1024:
 		return fmt.Errorf("gochat: send-queue %d < 1024 bytes", c.SendQueue)
 	case c.MaxOutbound < c.SendQueue:
@@ -229,12 +255,24 @@ func (c Config) Validate() error {
 		return fmt.Errorf("gochat: max-rooms %d < 1", c.MaxRooms)
 	case c.PresenceMax < 0:
 		return fmt.Errorf("gochat: presence-max %d < 0", c.PresenceMax)
-	case c.PresenceSummary < 0:
-		return fmt.Errorf("gochat: presence-summary %d < 0", c.PresenceSummary)
-	case c.JoinTimeout <= 0, c.PingInterval <= 0, c.PongTimeout <= 0, c.ShutdownTimeout <= 0, c.HandshakeTimeout <= 0, c.WriteTimeout <= 0:
+	case c.PresenceSummary < 1:
+		return fmt.Errorf("gochat: presence-summary %d < 1", c.PresenceSummary)
+	case c.History < HistoryNone:
+		return fmt.Errorf("gochat: history %d < 0", c.History)
+	case c.OverloadQueue < 0:
+		return fmt.Errorf("gochat: overload-queue %d < 0", c.OverloadQueue)
+	case c.JoinTimeout <= 0, c.PingInterval <= 0, c.PongTimeout <= 0, c.ShutdownTimeout <= 0, c.HandshakeTimeout <= 0, c.CloseLinger <= 0, c.WriteTimeout <= 0, c.HistoryAge <= 0:
 		return fmt.Errorf("gochat: timeouts and intervals must be positive")
+	case c.RoundInterval < 0:
+		return fmt.Errorf("gochat: round-interval %v < 0", c.RoundInterval)
 	case c.NATS != "" && !natsrelay.ValidSubject(c.NATSSubject):
 		return fmt.Errorf("gochat: nats-subject %q: want dot-separated tokens, no wildcards or spaces", c.NATSSubject)
+	}
+	if err := checkAddr(c.Addr); err != nil {
+		return fmt.Errorf("gochat: addr %q: %w", c.Addr, err)
+	}
+	if err := checkNATS(c.NATS); err != nil {
+		return fmt.Errorf("gochat: nats: %w", err)
 	}
 	for _, o := range c.Origins {
 		if !strings.HasPrefix(o, "http://") && !strings.HasPrefix(o, "https://") {
@@ -249,55 +287,257 @@ func (c Config) presence() bool { return c.Presence == nil || *c.Presence }
 
 // RegisterFlags binds every Config field to a flag on fs, with the defaults
 // shown in -h. Call ApplyEnv after fs.Parse to fill unset flags from GOCHAT_*
-// variables.
+// variables. Every flag refuses a value out of its range when it is set
+// (command line or environment), naming itself; -h says what 0 means.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	d := Config{}.Defaults()
 	*c = d
-	fs.StringVar(&c.Addr, "addr", d.Addr, "TCP address for /ws, the page, /healthz, /readyz and /metrics")
-	fs.IntVar(&c.Workers, "workers", d.Workers, "worker goroutines decoding frames and fanning out broadcasts")
-	fs.IntVar(&c.MaxConns, "max-conns", d.MaxConns, "maximum open connections; more get 503")
-	fs.IntVar(&c.MaxMessage, "max-message", d.MaxMessage, "maximum inbound WebSocket message in bytes; larger is closed 1009")
-	fs.IntVar(&c.MaxContent, "max-content", d.MaxContent, "maximum chat content in characters; longer gets an Error reply")
-	fs.DurationVar(&c.JoinTimeout, "join-timeout", d.JoinTimeout, "time allowed from upgrade to a valid join")
-	fs.DurationVar(&c.HandshakeTimeout, "handshake-timeout", d.HandshakeTimeout, "absolute deadline for the HTTP upgrade request")
-	fs.DurationVar(&c.PingInterval, "ping-interval", d.PingInterval, "interval between server pings")
-	fs.DurationVar(&c.PongTimeout, "pong-timeout", d.PongTimeout, "silence allowed past a ping interval before a client is dropped")
-	fs.DurationVar(&c.WriteTimeout, "write-timeout", d.WriteTimeout, "time a client may leave pending output unread before it is closed as a slow consumer")
-	fs.Float64Var(&c.Rate, "rate", d.Rate, "chat messages per second allowed per client")
-	fs.IntVar(&c.Burst, "burst", d.Burst, "messages a client may send at once above -rate")
-	fs.IntVar(&c.ErrorBudget, "error-budget", d.ErrorBudget, "bad messages per minute before a client is closed 1008")
-	fs.IntVar(&c.SendQueue, "send-queue", d.SendQueue, "outbound bytes pending per client before it is closed as a slow consumer")
+	fs.Var(addrValue{&c.Addr}, "addr", "TCP `host:port` for /ws, the page, /healthz, /readyz and /metrics (\":8080\": every interface; not empty)")
+	fs.Var(intFlag(&c.Workers, 1, 0), "workers", "worker goroutines decoding frames and fanning out broadcasts (`n` >= 1)")
+	fs.Var(intFlag(&c.MaxConns, 1, 0), "max-conns", "maximum open connections; more get 503 (`n` >= 1; gochat warns at start if the open-file limit allows fewer)")
+	fs.Var(intFlag(&c.MaxMessage, 64, 0), "max-message", "maximum inbound WebSocket message in bytes; larger is closed 1009 (`bytes` >= 64)")
+	fs.Var(intFlag(&c.MaxContent, 1, 0), "max-content", "maximum chat content in characters; longer gets an Error reply (`n` >= 1)")
+	fs.Var(durationFlag(&c.JoinTimeout, false), "join-timeout", "time allowed from upgrade to a valid join (`duration` > 0)")
+	fs.Var(durationFlag(&c.HandshakeTimeout, false), "handshake-timeout", "absolute deadline for the HTTP upgrade request (`duration` > 0)")
+	fs.Var(durationFlag(&c.PingInterval, false), "ping-interval", "interval between server pings (`duration` > 0)")
+	fs.Var(durationFlag(&c.PongTimeout, false), "pong-timeout", "silence allowed past a ping interval before a client is dropped (`duration` > 0)")
+	fs.Var(durationFlag(&c.WriteTimeout, false), "write-timeout", "time a client may leave pending output unread before it is closed as a slow consumer (`duration` > 0)")
+	fs.Var(rateValue{&c.Rate}, "rate", "chat messages per second allowed per client (a finite `number` > 0; there is no off switch)")
+	fs.Var(intFlag(&c.Burst, 1, 0), "burst", "messages a client may send at once above -rate (`n` >= 1)")
+	fs.Var(intFlag(&c.ErrorBudget, 0, ErrorBudgetNone), "error-budget", "bad messages per minute before a client is closed 1008 (`n` >= 0; 0: the first bad message closes)")
+	fs.Var(intFlag(&c.SendQueue, 1024, 0), "send-queue", "outbound bytes pending per client before it is closed as a slow consumer (`bytes` >= 1024)")
 	fs.BoolVar(c.Presence, "presence", true, "send join/leave notices")
-	fs.IntVar(&c.PresenceSummary, "presence-summary", d.PresenceSummary, "member count above which join/leave notices are summarized once per broadcast round")
-	fs.IntVar(&c.PresenceMax, "presence-max", d.PresenceMax, "member count above which a room sends no join/leave notices at all; 0: no limit")
-	fs.IntVar(&c.MaxRooms, "max-rooms", d.MaxRooms, "rooms that may exist at once; a client opening one more gets 503")
-	fs.IntVar(&c.History, "history", d.History, "messages each room keeps for ?history=N and ?since=ID; -1: none")
-	fs.DurationVar(&c.HistoryAge, "history-age", d.HistoryAge, "kept messages older than this are dropped; -1s: no age limit")
-	fs.IntVar(&c.MaxOutbound, "max-outbound", d.MaxOutbound, "bytes pending for all clients together; past it broadcasts wait for clients to read")
-	fs.IntVar(&c.MaxInbound, "max-inbound", d.MaxInbound, "bytes buffered for incomplete client messages together; past it such clients are not read until memory frees up")
-	fs.Func("origins", "comma-separated cross-site Origins allowed to connect (same-origin and Origin-less clients always are)", func(s string) error {
-		c.Origins = c.Origins[:0]
-		for _, o := range strings.Split(s, ",") {
-			if o = strings.TrimSpace(o); o != "" {
-				c.Origins = append(c.Origins, strings.TrimSuffix(o, "/"))
+	fs.Var(intFlag(&c.PresenceSummary, 1, 0), "presence-summary", "member count above which a room's join/leave notices are summarized once per broadcast round (`n` >= 1)")
+	fs.Var(intFlag(&c.PresenceMax, 0, 0), "presence-max", "member count above which a room sends no join/leave notices at all (`n` >= 0; 0: no limit)")
+	fs.Var(intFlag(&c.MaxRooms, 1, 0), "max-rooms", "rooms that may exist at once; a client opening one more gets 503 (`n` >= 1)")
+	fs.Var(intFlag(&c.History, 0, HistoryNone), "history", "messages each room keeps for ?history=N and ?since=ID (`n` >= 0; 0: none)")
+	fs.Var(durationFlag(&c.HistoryAge, false), "history-age", "kept messages older than this are dropped (`duration` > 0)")
+	fs.Var(intFlag(&c.MaxOutbound, 1024, 0), "max-outbound", "bytes pending for all clients together; past it broadcasts wait for clients to read (`bytes` >= -send-queue)")
+	fs.Var(intFlag(&c.MaxInbound, 1024, 0), "max-inbound", "bytes buffered for all clients' incomplete messages; past it such clients are not read until memory frees up (`bytes` >= -max-message)")
+	fs.Var(originsValue{&c.Origins}, "origins", "comma-separated cross-site `origins` (scheme://host[:port]) allowed to connect (same-origin and Origin-less clients always are)")
+	fs.Var(durationFlag(&c.RoundInterval, true), "round-interval", "shortest time between broadcast rounds; under load, messages in between share one write per client (`duration` >= 0; 0: no pacing)")
+	fs.Var(durationFlag(&c.ShutdownTimeout, false), "shutdown-timeout", "time allowed for close handshakes at shutdown (`duration` > 0)")
+	fs.Var(natsValue{&c.NATS}, "nats", "NATS `URLs` (comma-separated, nats:// or tls://) to share the chat with other gochat nodes, e.g. nats://127.0.0.1:4222; empty: single node")
+	fs.Var(subjectValue{&c.NATSSubject}, "nats-subject", "NATS `subject` shared by the gochat nodes of one chat (dot-separated tokens, no wildcards)")
+	fs.Var(durationFlag(&c.CloseLinger, false), "close-linger", "time a closing client has to read the close frame and answer it (`duration` > 0)")
+	fs.Var(intFlag(&c.OverloadQueue, 0, OverloadQueueOff), "overload-queue", "worker-pool backlog that, sustained for 1s, sheds new connections with 503 (`n` >= 0; 0: never shed)")
+}
+
+// intValue is an int flag with a lower bound. A 0 given when 0 is in range
+// is stored as zero (ErrorBudgetNone, OverloadQueueOff), the field's
+// explicit spelling of "0", since a zero field would mean the default.
+type intValue struct {
+	p         *int
+	min, zero int
+}
+
+func intFlag(p *int, min, zero int) *intValue { return &intValue{p, min, zero} }
+
+func (v *intValue) String() string {
+	if v == nil || v.p == nil {
+		return ""
+	}
+	if v.zero != 0 && *v.p == v.zero {
+		return "0"
+	}
+	return strconv.Itoa(*v.p)
+}
+
+func (v *intValue) Set(s string) error {
+	n, err := strconv.ParseInt(strings.TrimSpace(s), 0, strconv.IntSize)
+	if err != nil {
+		if ne, ok := err.(*strconv.NumError); ok {
+			err = ne.Err // "invalid syntax", "value out of range"
+		}
+		return fmt.Errorf("want an integer >= %d: %w", v.min, err)
+	}
+	if int(n) < v.min {
+		return fmt.Errorf("%d is below the minimum %d", n, v.min)
+	}
+	if n == 0 && v.zero != 0 {
+		n = int64(v.zero)
+	}
+	*v.p = int(n)
+	return nil
+}
+
+// durationValue is a duration flag that refuses negative values, and 0
+// unless zeroOK (0 then means "off" and Defaults leaves it alone).
+type durationValue struct {
+	p      *time.Duration
+	zeroOK bool
+}
+
+func durationFlag(p *time.Duration, zeroOK bool) *durationValue { return &durationValue{p, zeroOK} }
+
+func (v *durationValue) String() string {
+	if v == nil || v.p == nil {
+		return ""
+	}
+	return v.p.String()
+}
+
+func (v *durationValue) Set(s string) error {
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	switch {
+	case err != nil:
+		return fmt.Errorf("want a duration such as 500ms or 10s: %w", err)
+	case d < 0:
+		return fmt.Errorf("%v is negative", d)
+	case d == 0 && !v.zeroOK:
+		return fmt.Errorf("must be more than 0")
+	}
+	*v.p = d
+	return nil
+}
+
+// rateValue is a positive, finite float (ParseFloat accepts NaN and Inf).
+type rateValue struct{ p *float64 }
+
+func (v rateValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return strconv.FormatFloat(*v.p, 'g', -1, 64)
+}
+
+func (v rateValue) Set(s string) error {
+	f, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil || !(f > 0) || math.IsInf(f, 0) {
+		return fmt.Errorf("want a finite number > 0 (messages per second)")
+	}
+	*v.p = f
+	return nil
+}
+
+type addrValue struct{ p *string }
+
+func (v addrValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return *v.p
+}
+
+func (v addrValue) Set(s string) error {
+	if err := checkAddr(s); err != nil {
+		return err
+	}
+	*v.p = s
+	return nil
+}
+
+// checkAddr accepts host:port with a numeric port 0-65535 (host may be empty).
+func checkAddr(s string) error {
+	if s == "" {
+		return fmt.Errorf("empty; want host:port such as :8080")
+	}
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("want host:port such as :8080 or 127.0.0.1:8080")
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n > 65535 {
+		return fmt.Errorf("port %q: want a number 0-65535", port)
+	}
+	return nil
+}
+
+type natsValue struct{ p *string }
+
+func (v natsValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return *v.p
+}
+
+func (v natsValue) Set(s string) error {
+	if err := checkNATS(s); err != nil {
+		return err
+	}
+	*v.p = strings.TrimSpace(s)
+	return nil
+}
+
+// checkNATS accepts "" (single node) or comma-separated URLs with a NATS
+// scheme and a host; a bare word such as "bogus" is refused rather than
+// taken for a host name to retry forever.
+func checkNATS(s string) error {
+	if strings.TrimSpace(s) == "" {
+		return nil
+	}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		u, err := url.Parse(part)
+		if err != nil || u.Host == "" || u.Hostname() == "" {
+			return fmt.Errorf("%q: want a URL such as nats://127.0.0.1:4222", natsrelay.RedactURL(part))
+		}
+		switch u.Scheme {
+		case "nats", "tls", "ws", "wss":
+		default:
+			return fmt.Errorf("%q: scheme %q: want nats://, tls://, ws:// or wss://", natsrelay.RedactURL(part), u.Scheme)
+		}
+		if p := u.Port(); p != "" {
+			if _, err := strconv.ParseUint(p, 10, 16); err != nil {
+				return fmt.Errorf("%q: port %q: want a number 0-65535", natsrelay.RedactURL(part), p)
 			}
 		}
-		return nil
-	})
-	fs.DurationVar(&c.RoundInterval, "round-interval", d.RoundInterval, "shortest time between broadcast rounds; under load, messages in between share one write per client")
-	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", d.ShutdownTimeout, "time allowed for close handshakes at shutdown")
-	fs.StringVar(&c.NATS, "nats", d.NATS, "NATS URL to share the chat with other gochat nodes, e.g. nats://127.0.0.1:4222; empty: single node")
-	fs.StringVar(&c.NATSSubject, "nats-subject", d.NATSSubject, "NATS subject shared by the gochat nodes of one chat")
-	fs.DurationVar(&c.CloseLinger, "close-linger", d.CloseLinger, "time a closing client has to read the close frame and answer it")
-	fs.IntVar(&c.OverloadQueue, "overload-queue", d.OverloadQueue, "worker-pool backlog that, sustained for 1s, sheds new connections with 503")
+	}
+	return nil
+}
+
+type subjectValue struct{ p *string }
+
+func (v subjectValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return *v.p
+}
+
+func (v subjectValue) Set(s string) error {
+	if !natsrelay.ValidSubject(s) {
+		return fmt.Errorf("want dot-separated tokens, no wildcards or spaces")
+	}
+	*v.p = s
+	return nil
+}
+
+type originsValue struct{ p *[]string }
+
+func (v originsValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return strings.Join(*v.p, ",")
+}
+
+func (v originsValue) Set(s string) error {
+	var out []string
+	for _, o := range strings.Split(s, ",") {
+		if o = strings.TrimSpace(o); o == "" {
+			continue
+		}
+		if !strings.HasPrefix(o, "http://") && !strings.HasPrefix(o, "https://") {
+			return fmt.Errorf("origin %q: want scheme://host[:port]", o)
+		}
+		out = append(out, strings.TrimSuffix(o, "/"))
+	}
+	*v.p = out
+	return nil
 }
 
 // ApplyEnv sets every flag not given on the command line from its environment
 // variable GOCHAT_<NAME> (upper case, '-' as '_'), so flags win over the
-// environment. Call it after fs.Parse.
-func ApplyEnv(fs *flag.FlagSet) error {
+// environment. Call it after fs.Parse. The flags named in flagOnly are never
+// read from the environment (gochat's -healthcheck: a GOCHAT_HEALTHCHECK in
+// a container's environment must not turn the server into a probe).
+func ApplyEnv(fs *flag.FlagSet, flagOnly ...string) error {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for _, n := range flagOnly {
+		set[n] = true
+	}
 	var err error
 	fs.VisitAll(func(f *flag.Flag) {
 		if set[f.Name] || err != nil {
@@ -305,7 +545,7 @@ func ApplyEnv(fs *flag.FlagSet) error {
 		}
 		if v, ok := os.LookupEnv(EnvName(f.Name)); ok {
 			if e := fs.Set(f.Name, v); e != nil {
-				err = fmt.Errorf("gochat: %s=%q: %w", EnvName(f.Name), v, e)
+				err = fmt.Errorf("gochat: %s=%q (-%s): %w", EnvName(f.Name), v, f.Name, e)
 			}
 		}
 	})

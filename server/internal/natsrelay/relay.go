@@ -158,7 +158,7 @@ func New(cfg Config, inbound Inbound, reg prometheus.Registerer, log *slog.Logge
 	}
 	nc, err := nats.Connect(cfg.URL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("gochat: nats %s: %w", redactURL(cfg.URL), err)
+		return nil, fmt.Errorf("gochat: nats %s: %w", RedactURL(cfg.URL), err)
 	}
 	c.nc = nc
 	if _, err := nc.Subscribe(c.subject, c.onMsg); err != nil {
@@ -173,7 +173,7 @@ func New(cfg Config, inbound Inbound, reg prometheus.Registerer, log *slog.Logge
 		return 0
 	}))
 	if !nc.IsConnected() {
-		log.Warn("nats not reachable yet; retrying in the background, local chat works meanwhile", "url", redactURL(cfg.URL))
+		log.Warn("nats not reachable yet; retrying in the background, local chat works meanwhile", "url", RedactURL(cfg.URL))
 	}
 	go c.relay()
 	return c, nil
@@ -385,9 +385,9 @@ func ValidSubject(s string) bool {
 	return true
 }
 
-// redactURL hides the credentials of nats://user:pass@host URLs (a
+// RedactURL hides the credentials of nats://user:pass@host URLs (a
 // comma-separated list too) in errors and logs.
-func redactURL(urls string) string {
+func RedactURL(urls string) string {
 	parts := strings.Split(urls, ",")
 	for i, u := range parts {
 		at := strings.LastIndexByte(u, '@')

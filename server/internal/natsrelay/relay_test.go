@@ -33,7 +33,7 @@ func TestValidSubjectAndRedactURL(t *testing.T) {
 			t.Errorf("ValidSubject(%q) = %v", subj, !ok)
 		}
 	}
-	if got := redactURL("nats://u:p@h1:4222,nats://h2:4222"); got != "nats://[redacted]@h1:4222,nats://h2:4222" {
-		t.Errorf("redactURL: %s", got)
+	if got := RedactURL("nats://u:p@h1:4222,nats://h2:4222"); got != "nats://[redacted]@h1:4222,nats://h2:4222" {
+		t.Errorf("RedactURL: %s", got)
 	}
 }
