@@ -384,7 +384,14 @@ func plots(runs []*Run) []namedPlot {
 		}
 		return p
 	}
-	series := func(p *plot.Plot, scenario string, xscale float64, y func(*bench) (float64, bool)) {
+	// A log axis without data panics when drawn: fall back to linear.
+	linearIfEmpty := func(p *plot.Plot, has bool) {
+		if !has {
+			p.Y.Scale = plot.LinearScale{}
+			p.Y.Tick.Marker = plot.DefaultTicks{}
+		}
+	}
+	series := func(p *plot.Plot, scenario string, xscale float64, y func(*bench) (float64, bool)) bool {
 		_, at := find(runs, scenario)
 		var args []any
 		for _, s := range servers {
@@ -405,14 +412,15 @@ func plots(runs []*Run) []namedPlot {
 		if len(args) > 0 {
 			plotutil.AddLinePoints(p, args...)
 		}
+		return len(args) > 0
 	}
 	lat := mk("Broadcast to 2,000 clients: p99 latency", "offered deliveries/s (thousands)", "p99 latency (ms, log)", true)
-	series(lat, "broadcast", 1000, func(b *bench) (float64, bool) {
+	linearIfEmpty(lat, series(lat, "broadcast", 1000, func(b *bench) (float64, bool) {
 		if b.Latency == nil {
 			return 0, false
 		}
 		return b.Latency.P99, true
-	})
+	}))
 	cpu := mk("Broadcast to 2,000 clients: server CPU per delivery", "offered deliveries/s (thousands)", "server CPU per delivery (µs)", false)
 	series(cpu, "broadcast", 1000, func(b *bench) (float64, bool) {
 		if b.CPUPerDelivery == nil {
@@ -421,12 +429,12 @@ func plots(runs []*Run) []namedPlot {
 		return *b.CPUPerDelivery, true
 	})
 	rss := mk("Idle joined connections: server RSS per connection", "connections", "RSS per connection (bytes, log)", true)
-	series(rss, "idle", 1, func(b *bench) (float64, bool) {
+	linearIfEmpty(rss, series(rss, "idle", 1, func(b *bench) (float64, bool) {
 		if b.RSSPerConn == nil {
 			return 0, false
 		}
 		return *b.RSSPerConn, true
-	})
+	}))
 	rss.Legend.Left = false
 	return []namedPlot{{"compare-latency.svg", lat}, {"compare-cpu.svg", cpu}, {"compare-rss.svg", rss}}
 }
