@@ -377,6 +377,7 @@ func plots(runs []*Run) []namedPlot {
 		p := plot.New()
 		p.Title.Text, p.X.Label.Text, p.Y.Label.Text = title, x, y
 		p.Legend.Top, p.Legend.Left = true, true
+		p.X.Tick.Marker = plainTicks{}
 		p.Add(plotter.NewGrid())
 		if logY {
 			p.Y.Scale = plot.LogScale{}
@@ -435,7 +436,12 @@ func plots(runs []*Run) []namedPlot {
 		}
 		return *b.RSSPerConn, true
 	}))
+	// The legend goes top right, above the lines: leave it room.
 	rss.Legend.Left = false
+	rss.Y.Max *= 4
+	lat.Y.Max *= 4
+	cpu.Legend.Left = false
+	cpu.Y.Min, cpu.Y.Max = 0, cpu.Y.Max*1.5
 	return []namedPlot{{"compare-latency.svg", lat}, {"compare-cpu.svg", cpu}, {"compare-rss.svg", rss}}
 }
 
@@ -458,6 +464,19 @@ func (logTicks) Ticks(lo, hi float64) []plot.Tick {
 				t.Label = strconv.FormatFloat(v, 'f', -1, 64)
 			}
 			ts = append(ts, t)
+		}
+	}
+	return ts
+}
+
+// plainTicks are gonum's default ticks labelled without trailing zeros.
+type plainTicks struct{}
+
+func (plainTicks) Ticks(lo, hi float64) []plot.Tick {
+	ts := plot.DefaultTicks{}.Ticks(lo, hi)
+	for i := range ts {
+		if ts[i].Label != "" {
+			ts[i].Label = strconv.FormatFloat(ts[i].Value, 'f', -1, 64)
 		}
 	}
 	return ts
