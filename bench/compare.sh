@@ -4,7 +4,7 @@
 # (bench/peers, a nested Go module), with this repository's bench harness,
 # one server at a time, each freshly started on a free loopback port.
 #
-#   bash bench/compare.sh                  # full run (~15 minutes) -> bench/out/compare-<UTC time>/
+#   bash bench/compare.sh                  # full run (~11 minutes) -> bench/out/compare-<UTC time>/
 #   bash bench/compare.sh -quick           # smoke run: fewer points, shorter (~4 minutes)
 #   bash bench/compare.sh -results         # write bench/results/compare.{json,md} and compare-*.svg instead
 #   bash bench/compare.sh -servers "gochat nbio"   # a subset

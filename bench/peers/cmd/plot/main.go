@@ -314,7 +314,7 @@ func table(runs []*Run, quick bool, note string) string {
 	if quick {
 		mode = "-quick run (shorter, fewer points)"
 	}
-	fmt.Fprintf(&b, "\n%s; server and load generator share %d CPUs over loopback. Lost = deliveries owed to clients still connected that never arrived; evicted clients are not counted as receivers.", mode, runtime.NumCPU())
+	fmt.Fprintf(&b, "\n%s; server and load generator share %d CPUs over loopback. Lost = deliveries owed to the clients still connected that had not arrived when the harness stopped waiting (5 s after the last send): a saturated server's backlog counts as lost; evicted clients are not receivers.", mode, runtime.NumCPU())
 	if note != "" {
 		b.WriteString(" " + note)
 	}
