@@ -51,7 +51,7 @@ func (c *Conn) startClose(cause *wsframe.CloseCause) {
 	c.srv.metrics.closed(cause)
 	c.srv.log.Debug("close", "fd", c.fd, "code", int(cause.Code))
 	c.sess.Leave()
-	c.msg, c.msgOp = nil, 0
+	c.dropPartial()
 	c.deadline.Store(time.Now().Add(c.srv.cfg.CloseLinger).UnixNano())
 	c.phase.Store(uint32(phaseClosing))
 	var b [wsframe.MaxHeaderSize + wsframe.MaxControlPayload]byte
@@ -99,8 +99,7 @@ func (c *Conn) teardown() {
 	}
 	c.dropOutLocked(len(c.out))
 	c.wmu.Unlock()
-	c.in, c.msg = nil, nil
-	c.accountInbound()
+	c.dropPartial()
 	s.conns.remove(c)
 	s.connClosed(c)
 	if c.overflow {

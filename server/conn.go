@@ -5,7 +5,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gobwas/ws"
 	"github.com/mailru/easygo/netpoll"
 
 	"gochat/server/internal/chat"
@@ -49,26 +48,19 @@ type Conn struct {
 
 	sched    atomic.Uint32                      // schedIdle / schedRunning / schedAgain
 	phase    atomic.Uint32                      // a phase
+	pinged   atomic.Bool                        // a keepalive ping is out since the last read
 	closeReq atomic.Pointer[wsframe.CloseCause] // close asked for by another goroutine
-	readyAt  atomic.Int64                       // unix nanos: the poller found input while the task was idle
-	lastRead atomic.Int64                       // unix nanos of the last byte read; keepalive
-	lastPing atomic.Int64                       // unix nanos of the last ping sent
+	lastRead atomic.Int64                       // unix nanos of the last read, or of input found by the poller; keepalive
 	deadline atomic.Int64                       // unix nanos: handshake, join or close-linger deadline
 	stuckAt  atomic.Int64                       // unix nanos since pending output last moved; 0 when none is pending
 
 	// Read state. Owned by the task.
-	in       []byte              // bytes of an incomplete frame or request; nil when none
-	need     int                 // bytes the incomplete frame needs in total
-	msg      []byte              // fragments of a message in progress; nil when none
-	msgOp    ws.OpCode           // opcode of the message in progress, 0 when none
-	frags    int                 // fragments in msg
-	utf8     wsframe.UTF8Checker // how much of msg is known valid
-	held     int                 // cap(in)+cap(msg) as counted in Server.inbound
-	parked   bool                // not read until a timer: inbound memory is over its bound
-	upgraded bool                // counted in Server.wsConns
-	overflow bool                // accepted past the fd limit: answered 503 (or /healthz 200), never upgraded
-	gotClose bool                // peer's close frame received
-	torn     bool                // teardown done
+	part     *partial // incomplete input (read.go); nil when none
+	parked   bool     // not read until a timer: inbound memory is over its bound
+	upgraded bool     // counted in Server.wsConns
+	overflow bool     // accepted past the fd limit: answered 503 (or /healthz 200), never upgraded
+	gotClose bool     // peer's close frame received
+	torn     bool     // teardown done
 
 	// Write state.
 	wmu       sync.Mutex // Protects following and every write(2) on fd.
@@ -79,10 +71,8 @@ type Conn struct {
 
 func newConn(s *Server, fd int, now int64) *Conn {
 	c := &Conn{srv: s, fd: fd}
-	c.sess.Init(s.hub, c, fd)
-	c.readyAt.Store(now)
+	c.sess.Init(c, int32(fd))
 	c.lastRead.Store(now)
-	c.lastPing.Store(now)
 	c.deadline.Store(now + int64(s.cfg.HandshakeTimeout))
 	return c
 }
@@ -96,7 +86,7 @@ func (c *Conn) onEvent(ev netpoll.EpollEvent) {
 		return
 	}
 	if c.sched.Load() == schedIdle {
-		c.readyAt.Store(time.Now().UnixNano())
+		c.lastRead.Store(time.Now().UnixNano()) // input arrived: see readInput
 	}
 	c.schedule()
 }
@@ -138,6 +128,7 @@ func (c *Conn) step() {
 	if c.torn {
 		return
 	}
+	defer c.putPartial()
 	defer func() {
 		if v := recover(); v != nil {
 			c.srv.metrics.panics.Inc()

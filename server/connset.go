@@ -2,52 +2,53 @@ package server
 
 import "sync"
 
-// connSet holds every connection the reactor owns, sharded so that adding
-// and removing do not contend. The keeper and Shutdown iterate it.
+// connSet holds every connection the reactor owns, indexed by fd: a slot
+// per fd number costs 8 bytes where a map entry cost several times that,
+// and fd numbers are dense. The keeper and Shutdown iterate it.
 type connSet struct {
-	shards []connShard
+	mu   sync.Mutex // Protects byFD.
+	byFD []*Conn    // the connection that owns each fd number, or nil
 }
 
-type connShard struct {
-	mu    sync.Mutex // Protects conns.
-	conns map[*Conn]struct{}
-}
-
-func (cs *connSet) init(n int) {
-	cs.shards = make([]connShard, n)
-	for i := range cs.shards {
-		cs.shards[i].conns = make(map[*Conn]struct{})
-	}
-}
-
-func (cs *connSet) shard(c *Conn) *connShard { return &cs.shards[c.fd%len(cs.shards)] }
-
+// add records c under its fd. A connection torn down a moment ago may
+// still hold the slot (its fd was closed, then reused by the kernel): the
+// new one takes it.
 func (cs *connSet) add(c *Conn) {
-	sh := cs.shard(c)
-	sh.mu.Lock()
-	sh.conns[c] = struct{}{}
-	sh.mu.Unlock()
+	cs.mu.Lock()
+	if c.fd >= len(cs.byFD) {
+		cs.byFD = append(cs.byFD, make([]*Conn, c.fd+1-len(cs.byFD)+len(cs.byFD)/2)...)
+	}
+	cs.byFD[c.fd] = c
+	cs.mu.Unlock()
 }
 
+// remove forgets c, unless its fd's slot already belongs to a newer one.
 func (cs *connSet) remove(c *Conn) {
-	sh := cs.shard(c)
-	sh.mu.Lock()
-	delete(sh.conns, c)
-	sh.mu.Unlock()
+	cs.mu.Lock()
+	if c.fd < len(cs.byFD) && cs.byFD[c.fd] == c {
+		cs.byFD[c.fd] = nil
+	}
+	cs.mu.Unlock()
 }
 
-// each calls fn for every connection, one shard at a time, outside the
-// shard's lock (on a copy), so fn may take any lock.
+// each calls fn for every connection, a chunk of slots at a time, outside
+// the lock (on a copy), so fn may take any lock.
 func (cs *connSet) each(fn func(*Conn)) {
-	var snap []*Conn
-	for i := range cs.shards {
-		sh := &cs.shards[i]
-		sh.mu.Lock()
-		snap = snap[:0]
-		for c := range sh.conns {
-			snap = append(snap, c)
+	const chunk = 1024
+	snap := make([]*Conn, 0, chunk)
+	for start := 0; ; start += chunk {
+		cs.mu.Lock()
+		if start >= len(cs.byFD) {
+			cs.mu.Unlock()
+			return
 		}
-		sh.mu.Unlock()
+		snap = snap[:0]
+		for _, c := range cs.byFD[start:min(start+chunk, len(cs.byFD))] {
+			if c != nil {
+				snap = append(snap, c)
+			}
+		}
+		cs.mu.Unlock()
 		for _, c := range snap {
 			fn(c)
 		}

@@ -251,8 +251,7 @@ func (s *Server) originAllowed(origin, host []byte) bool {
 func (s *Server) handoff(c *Conn, head, rest []byte) {
 	buffered := make([]byte, 0, len(head)+len(rest))
 	buffered = append(append(buffered, head...), rest...)
-	c.in, c.msg = nil, nil // head and rest may live there: copied above
-	c.accountInbound()
+	c.dropPartial() // head and rest may live there: copied above
 	_ = s.ep.Del(c.fd)
 	c.torn = true
 	c.wmu.Lock()

@@ -50,6 +50,10 @@ func (k *keeper) sweep(now int64) {
 	k.srv.overloaded() // samples the backlog, so that spikes apart never add up to "sustained"
 	cfg := &k.srv.cfg
 	silent := int64(cfg.PingInterval + cfg.PongTimeout)
+	// A client silent for a ping interval is pinged. The sweep sees it up to
+	// a tick late, so it pings a tick early: the client always has the whole
+	// pong timeout to answer before it counts as gone.
+	pingAfter := int64(max(cfg.PingInterval-k.tick(), k.tick()))
 	k.srv.conns.each(func(c *Conn) {
 		switch c.getPhase() {
 		case phaseHandshake:
@@ -85,8 +89,8 @@ func (k *keeper) sweep(now int64) {
 			c.requestClose(causeDrop)
 			return
 		}
-		if now-c.lastPing.Load() >= int64(cfg.PingInterval) {
-			c.sendPing(now)
+		if !c.pinged.Load() && now-c.lastRead.Load() >= pingAfter {
+			c.sendPing() // silent for a ping interval: ask for a pong
 		}
 	})
 }

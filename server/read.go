@@ -41,7 +41,7 @@ func (c *Conn) readInput() {
 	c.parked = false
 	bp := readBufs.Get().(*[]byte)
 	defer readBufs.Put(bp)
-	defer c.accountInbound()
+	c.takePartial() // given back at the end of the step (Conn.step)
 	buf := *bp
 	for range 8 { // budget: then re-arm, so one client cannot hog a worker
 		var data []byte
@@ -49,21 +49,21 @@ func (c *Conn) readInput() {
 		var err error
 		limit := len(buf)
 		if c.srv.inboundOver() {
-			if c.held > 0 {
+			if len(c.part.in) > 0 || len(c.part.msg) > 0 {
 				c.park()
 				return
 			}
 			limit = smallRead
 		}
-		if len(c.in) > 0 {
-			if want := max(c.need, len(c.in)+512); cap(c.in) < want {
-				grown := make([]byte, len(c.in), want)
-				copy(grown, c.in)
-				c.in = grown
+		if len(c.part.in) > 0 {
+			if want := max(c.part.need, len(c.part.in)+512); cap(c.part.in) < want {
+				grown := make([]byte, len(c.part.in), want)
+				copy(grown, c.part.in)
+				c.part.in = grown
 			}
-			n, err = syscall.Read(c.fd, c.in[len(c.in):cap(c.in)])
+			n, err = syscall.Read(c.fd, c.part.in[len(c.part.in):cap(c.part.in)])
 			if n > 0 {
-				data = c.in[:len(c.in)+n]
+				data = c.part.in[:len(c.part.in)+n]
 			}
 		} else {
 			n, err = syscall.Read(c.fd, buf[:limit])
@@ -80,40 +80,90 @@ func (c *Conn) readInput() {
 			c.teardown()
 			return
 		}
-		now := time.Now().UnixNano()
-		c.lastRead.Store(now)
-		used := c.consume(data)
-		// What is read next arrived after this read (or when the poller
-		// next finds the socket readable): see Session.OnMessage.
-		c.readyAt.Store(now)
+		// The bytes arrived after the previous read, or when the poller
+		// found the socket readable, whichever is later: that is lastRead
+		// until now (see Session.OnMessage).
+		arrived := c.lastRead.Swap(time.Now().UnixNano())
+		if c.pinged.Load() {
+			c.pinged.Store(false)
+		}
+		used := c.consume(data, arrived)
 		if c.torn {
 			return
 		}
 		rest := data[used:]
 		switch {
 		case len(rest) == 0:
-			c.in, c.need = nil, 0
-		case len(c.in) > 0: // data is c.in: shift the incomplete part down
+			c.part.in, c.part.need = nil, 0
+		case len(c.part.in) > 0: // data is c.part.in: shift the incomplete part down
 			// Copy into the whole capacity: rest may be longer than the old
-			// len(c.in) (this read added to an incomplete frame that is still
-			// incomplete), and copy(c.in, rest) would silently drop its tail.
-			c.in = c.in[:copy(c.in[:cap(c.in)], rest)]
+			// len(c.part.in) (this read added to an incomplete frame that is still
+			// incomplete), and copy(c.part.in, rest) would silently drop its tail.
+			c.part.in = c.part.in[:copy(c.part.in[:cap(c.part.in)], rest)]
 		default: // data is the worker's buffer: keep the incomplete part
-			c.in = append(make([]byte, 0, max(c.need, len(rest)+512)), rest...)
+			c.part.in = append(make([]byte, 0, max(c.part.need, len(rest)+512)), rest...)
 		}
 		c.accountInbound()
-		if len(c.in) == 0 && n < limit {
+		if len(c.part.in) == 0 && n < limit {
 			return // short read: the socket is drained
 		}
+	}
+}
+
+// partial is a connection's incomplete input: the bytes of a frame or
+// request head that a read cut off, and a fragmented message being
+// reassembled. A connection holds one only while it has such input (most
+// have none between reads), taken from a pool for each step. Owner only.
+type partial struct {
+	in    []byte              // bytes of an incomplete frame or request; nil when none
+	need  int                 // bytes the incomplete frame needs in total
+	msg   []byte              // fragments of a message in progress; nil when none
+	msgOp ws.OpCode           // opcode of the message in progress, 0 when none
+	frags int                 // fragments in msg
+	utf8  wsframe.UTF8Checker // how much of msg is known valid
+	held  int                 // cap(in)+cap(msg) as counted in Server.inbound
+}
+
+var partials = sync.Pool{New: func() any { return new(partial) }}
+
+// takePartial makes sure c.part is there for this step.
+func (c *Conn) takePartial() {
+	if c.part == nil {
+		c.part = partials.Get().(*partial)
+	}
+}
+
+// putPartial accounts the step's buffers and gives c.part back unless it
+// holds incomplete input. Called once at the end of every step.
+func (c *Conn) putPartial() {
+	p := c.part
+	if p == nil {
+		return
+	}
+	c.accountInbound()
+	if p.in == nil && p.msg == nil && p.msgOp == 0 {
+		*p = partial{}
+		partials.Put(p)
+		c.part = nil
+	}
+}
+
+// dropPartial forgets any incomplete input (the connection is closing).
+// c.part itself stays until the step ends: the code that called may still
+// be reading it.
+func (c *Conn) dropPartial() {
+	if p := c.part; p != nil {
+		p.in, p.msg, p.msgOp, p.frags, p.need = nil, nil, 0, 0, 0
 	}
 }
 
 // accountInbound brings Server.inbound up to date with this connection's
 // buffers.
 func (c *Conn) accountInbound() {
-	if held := cap(c.in) + cap(c.msg); held != c.held {
-		c.srv.inbound.Add(int64(held - c.held))
-		c.held = held
+	p := c.part
+	if held := cap(p.in) + cap(p.msg); held != p.held {
+		c.srv.inbound.Add(int64(held - p.held))
+		p.held = held
 	}
 }
 
@@ -126,7 +176,7 @@ func (c *Conn) park() {
 
 // consume processes complete requests and frames at the start of data and
 // returns how many bytes it used.
-func (c *Conn) consume(data []byte) int {
+func (c *Conn) consume(data []byte, arrived int64) int {
 	off := 0
 	if c.getPhase() == phaseHandshake {
 		end := bytes.Index(data, []byte("\r\n\r\n"))
@@ -137,7 +187,7 @@ func (c *Conn) consume(data []byte) int {
 			}
 			// Grow with what arrives rather than reserving the 8 KiB cap:
 			// 5,000 slowloris sockets must not pin 40 MB.
-			c.need = min(2*len(data)+256, maxHandshake+1)
+			c.part.need = min(2*len(data)+256, maxHandshake+1)
 			return 0
 		}
 		end += 4
@@ -159,27 +209,27 @@ func (c *Conn) consume(data []byte) int {
 		off = end
 	}
 	for off < len(data) {
-		limit := int64(c.srv.cfg.MaxMessage - len(c.msg))
+		limit := int64(c.srv.cfg.MaxMessage - len(c.part.msg))
 		h, ok, violation := wsframe.ParseHeader(data[off:], limit)
 		if violation != nil {
 			c.startClose(violation)
 			return len(data) // nothing after a broken frame can be trusted
 		}
 		if !ok {
-			c.need = wsframe.MaxHeaderSize + 4
+			c.part.need = wsframe.MaxHeaderSize + 4
 			break
 		}
 		total := h.Size + int(h.Length)
 		if len(data)-off < total {
 			// Reserve only what has a chance to arrive soon: a header that
 			// declares a large frame gets its buffer as the bytes come.
-			c.need = min(total, 2*(len(data)-off)+64<<10)
+			c.part.need = min(total, 2*(len(data)-off)+64<<10)
 			break
 		}
 		payload := data[off+h.Size : off+total]
 		ws.Cipher(payload, h.Mask, 0)
 		off += total
-		c.frame(h, payload)
+		c.frame(h, payload, arrived)
 		if c.torn {
 			return len(data)
 		}
@@ -188,7 +238,7 @@ func (c *Conn) consume(data []byte) int {
 }
 
 // frame handles one complete, unmasked frame.
-func (c *Conn) frame(h wsframe.Header, p []byte) {
+func (c *Conn) frame(h wsframe.Header, p []byte, arrived int64) {
 	if c.getPhase() == phaseClosing {
 		if h.Op == ws.OpClose {
 			c.gotClose = true
@@ -212,57 +262,57 @@ func (c *Conn) frame(h wsframe.Header, p []byte) {
 		c.startClose(&cause)
 		return
 	case ws.OpBinary:
-		if c.msgOp != 0 {
+		if c.part.msgOp != 0 {
 			c.startClose(wsframe.ErrBadContinuation)
 			return
 		}
 		c.startClose(wsframe.ErrBinary)
 		return
 	case ws.OpText:
-		if c.msgOp != 0 {
+		if c.part.msgOp != 0 {
 			c.startClose(wsframe.ErrBadContinuation)
 			return
 		}
 		if h.Fin {
-			c.utf8.Reset()
-			if !c.utf8.Check(p, true) {
+			c.part.utf8.Reset()
+			if !c.part.utf8.Check(p, true) {
 				c.startClose(wsframe.ErrInvalidUTF8)
 				return
 			}
-			c.message(p)
+			c.message(p, arrived)
 			return
 		}
-		c.msgOp, c.frags = ws.OpText, 1
-		c.utf8.Reset()
-		c.msg = append(c.msg[:0], p...)
+		c.part.msgOp, c.part.frags = ws.OpText, 1
+		c.part.utf8.Reset()
+		c.part.msg = append(c.part.msg[:0], p...)
 	case ws.OpContinuation:
-		if c.msgOp == 0 {
+		if c.part.msgOp == 0 {
 			c.startClose(wsframe.ErrBadContinuation)
 			return
 		}
-		if c.frags++; c.frags > maxFragments {
+		if c.part.frags++; c.part.frags > maxFragments {
 			c.startClose(wsframe.ErrTooManyFrags)
 			return
 		}
-		c.msg = append(c.msg, p...)
+		c.part.msg = append(c.part.msg, p...)
 	}
 	// A fragment of a text message was appended: fail fast on bad UTF-8,
 	// checking only the bytes this fragment added.
-	if !c.utf8.Check(c.msg, h.Fin) {
+	if !c.part.utf8.Check(c.part.msg, h.Fin) {
 		c.startClose(wsframe.ErrInvalidUTF8)
 		return
 	}
 	if h.Fin {
-		msg := c.msg
-		c.msg, c.msgOp, c.frags = nil, 0, 0
-		c.message(msg)
+		msg := c.part.msg
+		c.part.msg, c.part.msgOp, c.part.frags = nil, 0, 0
+		c.message(msg, arrived)
 	}
 }
 
 // message hands one complete text message to the session.
-func (c *Conn) message(p []byte) {
+func (c *Conn) message(p []byte, arrived int64) {
 	if hook := c.srv.testHookMessage; hook != nil {
 		hook(p)
 	}
-	c.sess.OnMessage(p, c.readyAt.Load())
+	c.sess.OnMessage(p, arrived)
 }

@@ -100,7 +100,6 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	}); err != nil {
 		return nil, err
 	}
-	s.conns.init(64)
 	s.metrics = newMetrics(s)
 	var relay chat.Relay // stays a nil interface on a single node
 	if cfg.NATS != "" {

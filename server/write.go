@@ -72,8 +72,8 @@ func (c *Conn) writeControl(op ws.OpCode, payload []byte) {
 }
 
 // sendPing queues a keepalive ping. Called by the keeper.
-func (c *Conn) sendPing(now int64) {
-	c.lastPing.Store(now)
+func (c *Conn) sendPing() {
+	c.pinged.Store(true)
 	c.writeControl(ws.OpPing, nil)
 }
 

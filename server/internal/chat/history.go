@@ -104,7 +104,7 @@ func (hs *history) replay(s *Session, upTo uint64) []byte {
 			if e.id <= s.since {
 				break
 			}
-		} else if last-i > s.historyN {
+		} else if last-i > int(s.historyN) {
 			break
 		}
 		first = i

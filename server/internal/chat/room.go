@@ -97,7 +97,7 @@ func (r *Room) leave(s *Session) {
 	s.joined = false
 	r.namesMu.Lock()
 	delete(r.names, s.key)
-	sh := &r.shards[s.id%len(r.shards)]
+	sh := &r.shards[int(s.id)%len(r.shards)]
 	sh.mu.Lock()
 	last := len(sh.members) - 1
 	moved := sh.members[last]

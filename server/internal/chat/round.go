@@ -210,9 +210,9 @@ func (r *rounds) attach(s *Session) {
 		s.t.Send(replay)
 	}
 	s.firstRound = r.taken + 1
-	sh := &r.room.shards[s.id%len(r.room.shards)]
+	sh := &r.room.shards[int(s.id)%len(r.room.shards)]
 	sh.mu.Lock()
-	s.member = len(sh.members)
+	s.member = int32(len(sh.members))
 	sh.members = append(sh.members, s)
 	sh.mu.Unlock()
 }

@@ -19,26 +19,24 @@ import (
 // fields belong to the chat layer; member is also written by other
 // sessions' leaves, under the shard's lock.
 type Session struct {
-	hub  *Hub
 	t    Transport
-	id   int   // the connection's id (its fd): picks the shard, names it in logs
 	room *Room // the room it is in, from Attach until Leave
 
-	v2       bool   // speaks gochat.v2: frames carry id, room and ts
-	historyN int    // messages to replay after the join
-	resume   bool   // replay everything after since
-	since    uint64 // the id it resumes after
-
+	name       string // display name once joined
+	key        string // uniqueness key (chatmsg.NameKey) once joined
+	since      uint64 // the id it resumes after, if resume
 	firstRound uint64 // its first live batch (rounds.attach)
+	tokensAt   int64  // unix nanos of the last refill of tokens
+	errsAt     int64  // unix nanos when the error window started
 
-	name     string  // display name once joined
-	key      string  // uniqueness key (chatmsg.NameKey) once joined
-	member   int     // index in the shard's members, -1 when not a member
-	joined   bool    // registered in the hub
-	tokens   float64 // rate limiter bucket
-	tokensAt int64   // unix nanos of the last refill
-	errs     int     // errors in the current error window
-	errsAt   int64   // unix nanos when the error window started
+	id       int32   // the connection's id (its fd): picks the shard, names it in logs
+	member   int32   // index in the shard's members, -1 when not a member
+	historyN int32   // messages to replay after the join
+	tokens   float32 // rate limiter bucket
+	errs     int32   // errors in the current error window
+	v2       bool    // speaks gochat.v2: frames carry id, room and ts
+	resume   bool    // replay everything after since
+	joined   bool    // registered in the room
 }
 
 // Closes the chat layer asks for.
@@ -47,10 +45,10 @@ var (
 	CloseTooManyErrors = &wsframe.CloseCause{Code: ws.StatusPolicyViolation, Reason: "too many errors", Label: "1008"}
 )
 
-// Init makes s a session of h speaking through t. id must not change while
-// s is a member.
-func (s *Session) Init(h *Hub, t Transport, id int) {
-	*s = Session{hub: h, t: t, id: id, member: -1}
+// Init makes s a session speaking through t. id must not change while s
+// is a member.
+func (s *Session) Init(t Transport, id int32) {
+	*s = Session{t: t, id: id, member: -1}
 }
 
 // Options are what a client asked for at the upgrade.
@@ -65,7 +63,7 @@ type Options struct {
 // the client's options. Until it joins it is in the room but not a member.
 func (s *Session) Attach(room *Room, o Options) {
 	s.room = room
-	s.v2, s.historyN, s.resume, s.since = o.V2, o.HistoryN, o.Resume, o.Since
+	s.v2, s.historyN, s.resume, s.since = o.V2, int32(o.HistoryN), o.Resume, o.Since
 }
 
 // Joined reports whether the client has joined. Session task only.
@@ -81,7 +79,7 @@ func (s *Session) Leave() {
 	}
 	r.leave(s)
 	s.room = nil
-	s.hub.release(r)
+	r.hub.release(r)
 }
 
 // scratchBufs hold decoded message strings; a message needs one only while
@@ -93,7 +91,7 @@ var scratchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); retur
 // counts from then, so time the message spent waiting for a busy server is
 // never held against the client.
 func (s *Session) OnMessage(p []byte, arrived int64) {
-	s.hub.metrics.MessagesIn.Inc()
+	s.room.hub.metrics.MessagesIn.Inc()
 	sp := scratchBufs.Get().(*[]byte)
 	m, scratch, err := chatmsg.Parse(p, *sp)
 	if s.joined {
@@ -107,7 +105,7 @@ func (s *Session) OnMessage(p []byte, arrived int64) {
 
 // join handles the first message. A bad join gets an Error message, then 1008.
 func (s *Session) join(m chatmsg.Message, err error) {
-	h := s.hub
+	h := s.room.hub
 	var name, key string
 	if err == nil && !m.HasUsername {
 		err = chatmsg.ErrUsernameRequired
@@ -127,7 +125,7 @@ func (s *Session) join(m chatmsg.Message, err error) {
 	s.t.Joined()
 	h.metrics.Joins.Inc()
 	h.log.Debug("join", "conn", s.id)
-	s.tokens, s.tokensAt = float64(h.cfg.Burst), time.Now().UnixNano()
+	s.tokens, s.tokensAt = float32(h.cfg.Burst), time.Now().UnixNano()
 	if len(bytes.TrimSpace(m.Content)) > 0 {
 		if utf8.RuneCount(m.Content) > h.cfg.MaxContent {
 			s.reject(chatmsg.ErrContentTooLong)
@@ -145,12 +143,12 @@ func (s *Session) chat(m chatmsg.Message, err error, arrived int64) {
 	switch {
 	case err != nil:
 		s.reject(err)
-	case utf8.RuneCount(m.Content) > s.hub.cfg.MaxContent:
+	case utf8.RuneCount(m.Content) > s.room.hub.cfg.MaxContent:
 		s.reject(chatmsg.ErrContentTooLong)
 	case !s.allow(arrived):
 		// Checked before the whitespace rule: an ignored message is still a
 		// message, and must not be free to repeat.
-		s.hub.metrics.RateLimited.Inc()
+		s.room.hub.metrics.RateLimited.Inc()
 		s.reject(chatmsg.ErrRateLimited)
 	case len(bytes.TrimSpace(m.Content)) == 0:
 		// Empty or whitespace-only content is ignored, as in the original.
@@ -170,11 +168,11 @@ func (s *Session) publish(content []byte) {
 // have earned while its message waited in the server (now - arrived): a
 // stalled server must not turn an honest client's steady rate into a burst.
 func (s *Session) allow(arrived int64) bool {
-	cfg := &s.hub.cfg
+	cfg := &s.room.hub.cfg
 	now := time.Now().UnixNano()
 	waited := float64(max(now-arrived, 0)) / 1e9
-	s.tokens += float64(now-s.tokensAt) / 1e9 * cfg.Rate
-	s.tokens = min(s.tokens, float64(cfg.Burst)+waited*cfg.Rate)
+	tokens := float64(s.tokens) + float64(now-s.tokensAt)/1e9*cfg.Rate
+	s.tokens = float32(min(tokens, float64(cfg.Burst)+waited*cfg.Rate))
 	s.tokensAt = now
 	if s.tokens < 1 {
 		return false
@@ -192,8 +190,8 @@ func (s *Session) reject(err error) {
 	}
 	s.errs++
 	s.sendError(err)
-	if s.errs > s.hub.cfg.ErrorBudget {
-		s.hub.metrics.ErrorBudget.Inc()
+	if int(s.errs) > s.room.hub.cfg.ErrorBudget {
+		s.room.hub.metrics.ErrorBudget.Inc()
 		s.sendError(chatmsg.ErrTooManyErrors)
 		s.t.Close(CloseTooManyErrors)
 	}

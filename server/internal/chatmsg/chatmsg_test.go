@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/mtibben/confusables"
 )
 
 func TestParse(t *testing.T) {
@@ -220,5 +222,45 @@ func TestValidRoom(t *testing.T) {
 		if ValidRoom([]byte(name)) != ok {
 			t.Errorf("ValidRoom(%q) = %v", name, !ok)
 		}
+	}
+}
+
+// The ASCII tables give exactly what the Unicode path gives.
+func TestNameKeyASCIIFastPath(t *testing.T) {
+	check := func(s string) {
+		if got, want := NameKey(s), nameKeySlow(s); got != want {
+			t.Fatalf("NameKey(%q) = %q, the Unicode path says %q", s, got, want)
+		}
+		if got, want := skeleton(s), confusables.Skeleton(s); got != want {
+			t.Fatalf("skeleton(%q) = %q, confusables says %q", s, got, want)
+		}
+	}
+	for a := 32; a < 127; a++ {
+		for b := 32; b < 127; b++ {
+			check(string([]byte{byte(a), byte(b)}))
+		}
+	}
+	for _, s := range []string{"alice", "ALICE", "Sy5tem", "rn", "l1I|", "System", "bob_the-builder.99", "  x  "} {
+		check(s)
+	}
+}
+
+func FuzzNameKeyASCII(f *testing.F) {
+	f.Add("alice")
+	f.Add("SYSTEM")
+	f.Fuzz(func(t *testing.T, s string) {
+		if !isASCII(s) || len(s) > 64 {
+			return
+		}
+		if got, want := NameKey(s), nameKeySlow(s); got != want {
+			t.Fatalf("NameKey(%q) = %q, the Unicode path says %q", s, got, want)
+		}
+	})
+}
+
+func TestCheckUsernameOfAnASCIINameAllocatesLittle(t *testing.T) {
+	raw := []byte("alice_42")
+	if n := testing.AllocsPerRun(100, func() { CheckUsername(raw) }); n > 8 {
+		t.Fatalf("%v allocations to check an ASCII name", n)
 	}
 }

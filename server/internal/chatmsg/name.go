@@ -49,7 +49,7 @@ func CheckUsername(raw []byte) (name, key string, err error) {
 func reserved(name string) bool {
 	n := norm.NFKC.String(name)
 	for _, v := range []string{n, strings.ToUpper(n), strings.ToLower(n)} {
-		if NameKey(v) == reservedKey || NameKey(confusables.Skeleton(v)) == reservedKey {
+		if NameKey(v) == reservedKey || NameKey(skeleton(v)) == reservedKey {
 			return true
 		}
 	}
@@ -61,8 +61,17 @@ func reserved(name string) bool {
 // confusables.txt, via github.com/mtibben/confusables) of the name after
 // NFKC and case folding, with combining marks removed (so "Systẹm" is
 // "System") and folded once more (the skeleton maps some letters to upper
-// case). Only joins and leaves compute it, never a chat message.
+// case). Only joins and leaves compute it, never a chat message; an ASCII
+// name, the common case, takes a table instead of the Unicode transforms,
+// which allocate kilobytes per call.
 func NameKey(name string) string {
+	if key, ok := asciiKey(name); ok {
+		return key
+	}
+	return nameKeySlow(name)
+}
+
+func nameKeySlow(name string) string {
 	fold := cases.Fold()
 	s := norm.NFD.String(fold.String(norm.NFKC.String(name)))
 	s = strings.Map(func(r rune) rune {
@@ -71,7 +80,60 @@ func NameKey(name string) string {
 		}
 		return r
 	}, s)
-	return norm.NFC.String(fold.String(confusables.Skeleton(s)))
+	key := norm.NFC.String(fold.String(confusables.Skeleton(s)))
+	if key == name {
+		return name // keep one string, not two, for a name that is its own key
+	}
+	return key
+}
+
+// skeleton is confusables.Skeleton, through the table for ASCII.
+func skeleton(s string) string {
+	if !isASCII(s) {
+		return confusables.Skeleton(s)
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		b.WriteString(asciiSkeleton[s[i]])
+	}
+	return b.String()
+}
+
+// asciiKeys and asciiSkeleton hold, for each ASCII character, its key and
+// its skeleton as the Unicode path computes them. For an ASCII name both
+// transforms work character by character, so the tables give the same
+// strings without the transforms' allocations (TestNameKeyASCIIFastPath).
+var asciiKeys, asciiSkeleton = func() (keys, skel [128]string) {
+	for c := range 128 {
+		keys[c] = nameKeySlow(string(rune(c)))
+		skel[c] = confusables.Skeleton(string(rune(c)))
+	}
+	return keys, skel
+}()
+
+// asciiKey computes NameKey for an ASCII name; ok is false for any other.
+func asciiKey(name string) (string, bool) {
+	if !isASCII(name) {
+		return "", false
+	}
+	var buf [8 * MaxUsername]byte
+	b := buf[:0]
+	for i := 0; i < len(name); i++ {
+		b = append(b, asciiKeys[name[i]]...)
+	}
+	if string(b) == name {
+		return name, true // no allocation: the name is its own key
+	}
+	return string(b), true
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
 }
 
 func validNameRunes(s string) bool {
