@@ -34,7 +34,7 @@
                   'digits, "-", "_" and ".", starting with a letter or digit.';
   var HISTORY_ON_JOIN = 50;      // messages replayed on the first join
   var MEMBERS_DEBOUNCE_MS = 150; // join/leave notices often come in bursts
-  var MEMBERS_REFRESH_MS = 15000;
+  var MEMBERS_REFRESH_MS = 30000; // a safety net only: notices and reconnects refresh at once
 
   var el = {
     status: document.getElementById('status'),
