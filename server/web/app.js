@@ -4,6 +4,15 @@
 // under a strict CSP (script-src 'self', style-src 'self'): nothing here uses
 // inline styles, eval or innerHTML. Every piece of user-supplied text reaches
 // the DOM through textContent only, so HTML in a message is shown as text.
+//
+// Rooms and resume (SPEC §8): the page joins one room (from the form or the
+// URL fragment, #room-name), speaks the gochat.v2 subprotocol so that every
+// message carries an id, and remembers the highest id it has shown. The first
+// join asks for recent history (?history=N); every reconnect after that asks
+// for exactly what came after that id (?since=ID), so nothing is missed or
+// shown twice. The server guarantees that; the page deliberately does not
+// de-duplicate by id itself. If the server can no longer reach back that far
+// it says so in one "gap" frame, shown as a visible note.
 (function () {
   'use strict';
 
@@ -16,17 +25,33 @@
   var MAX_NAME_RETRIES = 5;     // rejoin attempts while our old session still holds the name
   var CLOSE_NORMAL = 1000;
   var CLOSE_POLICY = 1008;
+  var SUBPROTOCOL = 'gochat.v2';
+  var DEFAULT_ROOM = 'lobby';
+  // The server's rule for room names (chatmsg.ValidRoom): 1-64 of a-z 0-9 - _ .
+  // starting with a letter or digit.
+  var ROOM_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
+  var ROOM_RULE = 'Room names are 1\u201364 characters: lower-case letters a\u2013z, ' +
+                  'digits, "-", "_" and ".", starting with a letter or digit.';
+  var HISTORY_ON_JOIN = 50;      // messages replayed on the first join
+  var MEMBERS_DEBOUNCE_MS = 150; // join/leave notices often come in bursts
+  var MEMBERS_REFRESH_MS = 30000; // a safety net only: notices and reconnects refresh at once
 
   var el = {
     status: document.getElementById('status'),
     whoami: document.getElementById('whoami'),
+    roomLabel: document.getElementById('room-label'),
     joinView: document.getElementById('join-view'),
     joinForm: document.getElementById('join-form'),
     username: document.getElementById('username'),
+    room: document.getElementById('room'),
+    roomList: document.getElementById('room-list'),
     joinButton: document.getElementById('join'),
     joinError: document.getElementById('join-error'),
     chatView: document.getElementById('chat-view'),
     messages: document.getElementById('messages'),
+    who: document.getElementById('who'),
+    members: document.getElementById('members'),
+    memberCount: document.getElementById('member-count'),
     sendForm: document.getElementById('send-form'),
     message: document.getElementById('message'),
     sendButton: document.getElementById('send'),
@@ -35,6 +60,9 @@
 
   var state = {
     name: '',            // the name we joined (or are joining) under
+    room: DEFAULT_ROOM,  // the room we joined (or are joining)
+    lastId: 0,           // highest message id shown in this room; 0: none yet
+    joinedSocket: false, // the current socket's join went through
     ws: null,            // current socket, if any
     wanted: false,       // true while the user wants to be in the chat
     everJoined: false,   // a join under state.name went through at least once
@@ -44,11 +72,29 @@
     retryTimer: 0,
     countdownTimer: 0,
     stableTimer: 0,
-    retryAt: 0
+    retryAt: 0,
+    membersTimer: 0,     // debounced who-is-here refresh
+    membersPoll: 0,      // periodic who-is-here refresh while connected
+    membersSeq: 0        // answers to older requests are dropped
   };
 
+  function validRoom(room) {
+    return ROOM_RE.test(room);
+  }
+
+  // The room named by the URL fragment (#room-name), or '' if none.
+  function roomFromHash() {
+    var h = location.hash.replace(/^#/, '');
+    try { h = decodeURIComponent(h); } catch (e) { /* keep it raw */ }
+    return h.trim();
+  }
+
+  // The first connection asks for recent history; later ones resume after the
+  // last id shown. A valid room name needs no escaping in a query string.
   function wsURL() {
-    return (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws';
+    var q = '?room=' + state.room +
+      (state.lastId > 0 ? '&since=' + String(state.lastId) : '&history=' + HISTORY_ON_JOIN);
+    return (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws' + q;
   }
 
   // ---- status indicator -------------------------------------------------
@@ -73,6 +119,7 @@
     el.chatView.hidden = true;
     el.joinView.hidden = false;
     el.whoami.hidden = true;
+    el.roomLabel.hidden = true;
     if (errorText) {
       el.joinError.textContent = errorText;
       el.joinError.hidden = false;
@@ -83,6 +130,7 @@
     el.username.value = state.name || el.username.value;
     el.username.focus();
     el.username.select();
+    loadRoomList();
   }
 
   function showChat() {
@@ -91,7 +139,88 @@
     el.chatView.hidden = false;
     el.whoami.textContent = state.name;
     el.whoami.hidden = false;
+    el.roomLabel.textContent = '#' + state.room;
+    el.roomLabel.hidden = false;
     el.message.focus();
+  }
+
+  function clearMessages() {
+    el.messages.replaceChildren();
+  }
+
+  // ---- rooms: the list to pick from, and who is here --------------------------
+
+  function getJSON(path) {
+    return fetch(path, { cache: 'no-store', headers: { Accept: 'application/json' } })
+      .then(function (r) { return r.ok ? r.json() : Promise.reject(new Error(r.status)); });
+  }
+
+  // Fills the join form's datalist with the rooms that have members.
+  function loadRoomList() {
+    getJSON('/rooms').then(function (data) {
+      var rooms = data && Array.isArray(data.rooms) ? data.rooms : [];
+      var opts = [];
+      rooms.forEach(function (r) {
+        if (!r || typeof r.name !== 'string') { return; }
+        var o = document.createElement('option');
+        o.value = r.name;
+        o.textContent = r.name + ' (' + (Number(r.members) || 0) + ')';
+        opts.push(o);
+      });
+      el.roomList.replaceChildren.apply(el.roomList, opts);
+    }).catch(function () { /* the list is a convenience only */ });
+  }
+
+  function renderMembers(names, total) {
+    var items = names.map(function (n) {
+      var li = document.createElement('li');
+      li.className = sameName(n, state.name) ? 'member me' : 'member';
+      li.textContent = n;
+      return li;
+    });
+    if (total > names.length) {
+      var more = document.createElement('li');
+      more.className = 'member more';
+      more.textContent = 'and ' + (total - names.length) + ' more';
+      items.push(more);
+    }
+    el.members.replaceChildren.apply(el.members, items);
+    el.memberCount.textContent = '(' + total + ')';
+  }
+
+  function refreshMembers() {
+    clearTimeout(state.membersTimer);
+    state.membersTimer = 0;
+    var seq = ++state.membersSeq;
+    var room = state.room;
+    getJSON('/rooms/' + room).then(function (data) {
+      if (seq !== state.membersSeq || room !== state.room || !state.wanted) { return; }
+      var names = data && Array.isArray(data.members) ? data.members.filter(function (n) {
+        return typeof n === 'string';
+      }) : [];
+      var total = data && typeof data.total === 'number' ? data.total : names.length;
+      renderMembers(names, total);
+    }).catch(function () { /* kept as it was; refreshed on the next notice or reconnect */ });
+  }
+
+  function scheduleMembers() {
+    if (!state.membersTimer) {
+      state.membersTimer = setTimeout(refreshMembers, MEMBERS_DEBOUNCE_MS);
+    }
+  }
+
+  function startMembersPoll() {
+    clearInterval(state.membersPoll);
+    state.membersPoll = setInterval(refreshMembers, MEMBERS_REFRESH_MS);
+  }
+
+  function stopMembers() {
+    clearTimeout(state.membersTimer);
+    clearInterval(state.membersPoll);
+    state.membersTimer = state.membersPoll = 0;
+    state.membersSeq++;
+    el.members.replaceChildren();
+    el.memberCount.textContent = '';
   }
 
   // ---- message list ---------------------------------------------------------
@@ -141,12 +270,21 @@
     if (!msg || typeof msg !== 'object') { return; }
     var username = typeof msg.username === 'string' ? msg.username : '';
     var content = typeof msg.content === 'string' ? msg.content : '';
+    // Remember the highest id shown: a reconnect resumes after it. Frames
+    // without an id (errors, the gap note) do not move it.
+    if (typeof msg.id === 'number' && isFinite(msg.id) && msg.id > state.lastId) {
+      state.lastId = msg.id;
+    }
     if (username === SYSTEM) {
-      if (content.indexOf(ERROR_PREFIX) === 0) {
+      if (msg.gap === true) {
+        // History no longer reaches back to our last id: say so, visibly.
+        addMessage(username, content || 'Some messages were missed.', 'system gap');
+      } else if (content.indexOf(ERROR_PREFIX) === 0) {
         state.lastError = content;
         addMessage(username, content, 'system error');
       } else {
         addMessage(username, content, 'system');
+        if (/ (joined|left) the chat$/.test(content)) { scheduleMembers(); }
       }
       return;
     }
@@ -168,8 +306,9 @@
     state.lastError = '';
     setStatus('connecting', 'connecting');
     var ws;
+    state.joinedSocket = false;
     try {
-      ws = new WebSocket(wsURL());
+      ws = new WebSocket(wsURL(), [SUBPROTOCOL]);
     } catch (e) {
       scheduleReconnect();
       return;
@@ -197,11 +336,20 @@
         state.everJoined = true;
         state.attempt = 0;
         state.nameRetries = 0;
+        if (!state.joinedSocket) {
+          // (Re)joined: who is here may have changed while we were away.
+          state.joinedSocket = true;
+          refreshMembers();
+          startMembersPoll();
+        }
       }
     };
     ws.onclose = function (ev) {
       if (state.ws !== ws) { return; }
       state.ws = null;
+      state.joinedSocket = false;
+      clearInterval(state.membersPoll);
+      state.membersPoll = 0;
       clearTimers();
       onClosed(ev.code, ev.reason || '');
     };
@@ -228,6 +376,7 @@
       // automatically; hand control back to the person.
       state.wanted = false;
       state.everJoined = false;
+      stopMembers();
       setStatus('disconnected', 'disconnected');
       showJoin(err.indexOf(ERROR_PREFIX) === 0 ? err.slice(ERROR_PREFIX.length) : err);
       return;
@@ -266,14 +415,35 @@
 
   function join() {
     var name = el.username.value.trim();
+    var room = el.room.value.trim() || DEFAULT_ROOM;
     if (!name) {
       showJoin('Please enter a username.');
       return;
     }
+    if (!validRoom(room)) {
+      showJoin(ROOM_RULE);
+      el.room.focus();
+      el.room.select();
+      return;
+    }
+    enter(name, room);
+  }
+
+  // enter joins room as name: a fresh start, with recent history, in a
+  // cleared message list (the list belongs to one room and one join).
+  function enter(name, room) {
     if (state.ws) {
       state.ws.onclose = null;
       try { state.ws.close(CLOSE_NORMAL); } catch (e) { /* ignore */ }
       state.ws = null;
+    }
+    stopMembers();
+    clearMessages();
+    state.room = room;
+    state.lastId = 0;
+    el.room.value = room;
+    if (roomFromHash() !== room) {
+      history.replaceState(null, '', '#' + room);
     }
     state.name = name;
     state.wanted = true;
@@ -307,8 +477,25 @@
       ws.onclose = null;
       try { ws.close(CLOSE_NORMAL); } catch (e) { /* ignore */ }
     }
+    stopMembers();
     setStatus('disconnected', 'disconnected');
     showJoin('');
+  }
+
+  // A new fragment picks the room: in the chat it moves there under the same
+  // name; on the join form it fills in the room field.
+  function onHashChange() {
+    var room = roomFromHash();
+    if (!room || (room === state.room && state.wanted)) { return; }
+    if (state.wanted && state.name) {
+      if (validRoom(room)) {
+        enter(state.name, room);
+      } else {
+        addLocalNote('Not a room name: ' + room + '. ' + ROOM_RULE);
+      }
+      return;
+    }
+    el.room.value = room;
   }
 
   el.joinForm.addEventListener('submit', function (ev) {
@@ -323,10 +510,13 @@
   // Clicking the status while waiting to reconnect retries at once.
   el.status.addEventListener('click', reconnectNow);
   window.addEventListener('online', reconnectNow);
+  window.addEventListener('hashchange', onHashChange);
   document.addEventListener('visibilitychange', function () {
     if (!document.hidden) { reconnectNow(); }
   });
 
+  el.room.value = roomFromHash() || DEFAULT_ROOM;
+  el.who.open = !(window.matchMedia && window.matchMedia('(max-width: 40rem)').matches);
   setStatus('disconnected', 'disconnected');
   showJoin('');
 }());

@@ -33,7 +33,10 @@ const (
 	e2eHostileText = `<img src=x onerror="document.title='pwned'">`
 )
 
-func TestE2EBrowserChat(t *testing.T) {
+// needChromium skips a browser test in -short mode or without Chromium
+// (and fails it in CI, where Chromium must be installed).
+func needChromium(t *testing.T) {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("browser end-to-end test skipped in -short mode")
 	}
@@ -43,6 +46,10 @@ func TestE2EBrowserChat(t *testing.T) {
 		}
 		t.Skipf("%s not installed; skipping the browser end-to-end test", e2eChromium)
 	}
+}
+
+func TestE2EBrowserChat(t *testing.T) {
+	needChromium(t)
 
 	// Every server process belongs to this test (not to the subtest that
 	// restarts it): it runs until the test ends and its output is shown if
@@ -262,6 +269,12 @@ type e2eTab struct {
 // storage, like a separate user) and collects its console output.
 func openTab(t *testing.T, browser context.Context, name, base string, phone bool) *e2eTab {
 	t.Helper()
+	return openTabAt(t, browser, name, base+"/", phone)
+}
+
+// openTabAt is openTab on a full page URL (e.g. with a #room fragment).
+func openTabAt(t *testing.T, browser context.Context, name, pageURL string, phone bool) *e2eTab {
+	t.Helper()
 	ctx, cancel := chromedp.NewContext(browser, chromedp.WithNewBrowserContext())
 	tb := &e2eTab{name: name, ctx: ctx, cancel: cancel, shots: os.Getenv("GOCHAT_E2E_SCREENSHOTS")}
 	t.Cleanup(cancel)
@@ -284,7 +297,7 @@ func openTab(t *testing.T, browser context.Context, name, base string, phone boo
 		steps = append(steps, chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile, chromedp.EmulateTouch, chromedp.EmulateScale(2)))
 	}
 	steps = append(steps,
-		chromedp.Navigate(base+"/"),
+		chromedp.Navigate(pageURL),
 		chromedp.WaitVisible(chromedp.ID("username")),
 	)
 	tb.do(t, steps...)
@@ -306,11 +319,17 @@ func (tb *e2eTab) do(t *testing.T, steps ...chromedp.Action[chromedp.Void]) {
 // waitFor polls a JavaScript condition in the page until it is true, up to e2eWait.
 func (tb *e2eTab) waitFor(t *testing.T, what, expr string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(tb.ctx, e2eWait+5*time.Second)
+	tb.waitWithin(t, e2eWait, what, expr)
+}
+
+// waitWithin is waitFor with its own bound d.
+func (tb *e2eTab) waitWithin(t *testing.T, d time.Duration, what, expr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(tb.ctx, d+5*time.Second)
 	defer cancel()
 	_, err := chromedp.Run(ctx, chromedp.Poll[bool](expr,
 		chromedp.WithPollingInterval(50*time.Millisecond),
-		chromedp.WithPollingTimeout(e2eWait)))
+		chromedp.WithPollingTimeout(d)))
 	if err != nil {
 		t.Fatalf("%s: waiting until %s: %v\n%s", tb.name, what, err, tb.dump())
 	}
@@ -356,6 +375,9 @@ func (tb *e2eTab) dump() string {
 		joinHidden: document.getElementById('join-view').hidden,
 		chatHidden: document.getElementById('chat-view').hidden,
 		joinError: document.getElementById('join-error').textContent,
+		url: location.href,
+		room: (document.getElementById('room-label') || {}).textContent,
+		members: Array.from(document.querySelectorAll('#members li')).map(li => li.textContent),
 		messages: Array.from(document.querySelectorAll('#messages li')).map(li => li.className + ' | ' + li.textContent)
 	}, null, 1)`))
 	if err != nil {
