@@ -389,3 +389,28 @@ func TestPresenceMaxSilencesNoticesInLargeRooms(t *testing.T) {
 		t.Fatalf("got %+v: a join notice was sent above -presence-max", m)
 	}
 }
+
+// The last members of a large room leave together: their leave summary is
+// due in a round that runs after the room is freed. It must find nobody
+// to deliver to, not crash the server.
+func TestRoomFreedWithASummaryDueDoesNotCrash(t *testing.T) {
+	s := startServer(t, Config{PresenceSummary: 1})
+	for round := range 20 {
+		var cs []*client
+		for i := range 4 {
+			c := dial(t, fmt.Sprintf("%s?room=z", s.url))
+			c.send(fmt.Sprintf(`{"username":"u%d-%d"}`, round, i))
+			cs = append(cs, c)
+		}
+		waitUntil(t, "joined", func() bool { return s.hub.Members() == 4 })
+		for _, c := range cs {
+			c.conn.CloseNow()
+		}
+		waitUntil(t, "room freed", func() bool { return s.hub.RoomCount() == 0 })
+	}
+	time.Sleep(50 * time.Millisecond) // let any round still due run
+	join(t, s.url+"?room=z", "after")
+	if n := s.hub.HistorySize(); n > 100 {
+		t.Fatalf("history gauge %d after every room emptied but one", n)
+	}
+}

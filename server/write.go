@@ -25,44 +25,63 @@ import (
 func (c *Conn) Deliver(batch []byte) (ok bool, written int) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.closeSent || c.fdClosed {
-		return false, 0
-	}
-	if len(c.out) > 0 {
-		return c.queueLocked(batch), 0
-	}
-	for {
-		n, err := syscall.Write(c.fd, batch)
-		switch {
-		case n == len(batch):
-			return true, n
-		case n > 0 || err == syscall.EAGAIN:
-			n = max(n, 0)
-			ok := c.queueLocked(batch[n:])
-			if !ok && n > 0 {
-				// The kernel took part of a frame: finish that frame, or
-				// the close frame after it would land inside its payload.
-				c.appendOutLocked(batch[n:wsframe.FrameEnd(batch, n)])
-			}
-			c.armLocked()
-			return ok, n
-		case err == syscall.EINTR:
-			continue
-		default:
-			c.requestClose(causeDrop)
-			return false, 0
-		}
-	}
+	return c.sendLocked(batch, true)
 }
 
 // Send queues one frame for this client only (the session's replies).
 // Part of chat.Transport; owner only.
 func (c *Conn) Send(frame []byte) {
 	c.wmu.Lock()
-	if c.queueLocked(frame) {
-		c.flushLocked()
-	}
+	_, n := c.sendLocked(frame, true)
 	c.wmu.Unlock()
+	c.srv.metrics.bytesOut.Add(float64(n))
+}
+
+// sendLocked writes b (whole frames, or an HTTP response) at once when
+// nothing is pending, and queues what the kernel did not take: an idle
+// connection's output needs no buffer of its own. With limited, what is
+// queued must fit the send queue, or the client is a slow consumer: then a
+// frame the kernel took part of is still finished, or the close frame after
+// it would land inside its payload. Reports whether b was taken and how
+// much of it was written now. Caller holds wmu.
+func (c *Conn) sendLocked(b []byte, limited bool) (ok bool, written int) {
+	if c.closeSent || c.fdClosed {
+		return false, 0
+	}
+	rest := b
+	idle := len(c.out) == 0
+	if idle {
+		for {
+			n, err := syscall.Write(c.fd, rest)
+			if n == len(rest) {
+				return true, n
+			}
+			if n > 0 || err == syscall.EAGAIN {
+				written = max(n, 0)
+				rest = rest[written:]
+				break
+			}
+			if err != syscall.EINTR {
+				c.requestClose(causeDrop) // the peer is gone; the read side sees it too
+				return false, 0
+			}
+		}
+	}
+	ok = true
+	switch {
+	case !limited || len(c.out)+len(rest) <= c.srv.cfg.SendQueue:
+		c.appendOutLocked(rest)
+	case written > 0:
+		c.appendOutLocked(b[written:wsframe.FrameEnd(b, written)])
+		fallthrough
+	default:
+		c.slowLocked()
+		ok = false
+	}
+	if idle {
+		c.armLocked() // output is pending now: wake the owner when writable
+	}
+	return ok, written
 }
 
 // writeControl sends a control frame (pong, ping) with a small payload.
@@ -82,26 +101,8 @@ func (c *Conn) sendPing() {
 // send queue holds, since they are small and nothing may displace them.
 // Caller holds wmu.
 func (c *Conn) writeFixedLocked(b []byte) {
-	if c.closeSent || c.fdClosed {
-		return
-	}
-	c.appendOutLocked(b)
-	c.flushLocked()
-}
-
-// queueLocked appends b to the pending output if that keeps it within the
-// send queue; otherwise the client is a slow consumer and is evicted. It
-// reports whether b was queued. Caller holds wmu.
-func (c *Conn) queueLocked(b []byte) bool {
-	if c.closeSent || c.fdClosed {
-		return false
-	}
-	if len(c.out)+len(b) > c.srv.cfg.SendQueue {
-		c.slowLocked()
-		return false
-	}
-	c.appendOutLocked(b)
-	return true
+	_, n := c.sendLocked(b, false)
+	c.srv.metrics.bytesOut.Add(float64(n))
 }
 
 // appendOutLocked adds b to the pending output, counted in Server.outbound

@@ -28,6 +28,10 @@ type summary struct {
 // sure a round is due.
 func (r *rounds) pendNotice(name string, kind noticeKind) {
 	r.qmu.Lock()
+	if r.freed {
+		r.qmu.Unlock()
+		return
+	}
 	if r.emptyLocked() {
 		r.queuedAt = time.Now()
 	}

@@ -39,12 +39,17 @@ func newRoom(h *Hub, name string) *Room {
 	return r
 }
 
-// free gives back what the emptied room held: its history.
+// free gives back what the emptied room held: its history. A round may
+// still be due (a timer, or a summary of the last leaves): it finds the
+// room freed and delivers to nobody.
 func (r *Room) free() {
-	r.rounds.qmu.Lock()
-	r.hub.history.Add(-int64(r.rounds.history.n))
-	r.rounds.history = history{}
-	r.rounds.qmu.Unlock()
+	rd := &r.rounds
+	rd.qmu.Lock()
+	rd.freed = true
+	r.hub.history.Add(-int64(rd.history.n))
+	rd.history.entries, rd.history.n, rd.history.start = nil, 0, 0
+	rd.summaries = [2]summary{}
+	rd.qmu.Unlock()
 }
 
 // Name is the room's name.

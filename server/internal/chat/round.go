@@ -36,6 +36,7 @@ type rounds struct {
 	summaries [2]summary // joins and leaves waiting for the next round (presence.go)
 	history   history    // the room's last messages (history.go)
 	scratch   entry      // encodes messages when the room keeps no history
+	freed     bool       // the room emptied and is gone: nothing more is queued
 	taken     uint64     // batches taken so far; a batch's seq
 	lastTaken uint64     // id of the newest message taken into a batch
 
@@ -82,6 +83,10 @@ func (r *rounds) idle() bool {
 // content only during the call.
 func (r *rounds) enqueue(name, content string) error {
 	r.qmu.Lock()
+	if r.freed {
+		r.qmu.Unlock()
+		return nil // nobody is left to deliver to
+	}
 	if len(r.queueV2) > maxQueue {
 		r.qmu.Unlock()
 		r.room.hub.metrics.BusyRejects.Inc()
@@ -159,6 +164,11 @@ func (r *rounds) next() {
 	}
 	r.qmu.Lock()
 	r.takeBatchLocked()
+	if r.batchFrames == 0 { // the room was freed meanwhile: nothing to send
+		r.running = false
+		r.qmu.Unlock()
+		return
+	}
 	r.qmu.Unlock()
 	r.start = now
 	shards := r.room.shards
