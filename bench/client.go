@@ -189,12 +189,19 @@ func (c *client) handle(p []byte) {
 		c.confAt.Store(c.f.now())
 	}
 	if bytes.Equal(user, systemName) {
+		if r := c.f.rooms; r != nil {
+			r.notice(c, content)
+		}
 		c.handleSystem(content)
 		return
 	}
 	bc, ok := parseContent(content, c.f.runID)
 	if !ok {
 		c.foreign++
+		return
+	}
+	if r := c.f.rooms; r != nil {
+		r.handle(c, bc)
 		return
 	}
 	switch bc.kind {

@@ -45,7 +45,8 @@ type fleet struct {
 	dialErrs map[string]int
 	firstErr string // the first dial/upgrade error, for the exit message
 
-	soak *soak // non-nil in the soak scenario
+	soak  *soak     // non-nil in the soak scenario
+	rooms *roomsRun // non-nil when the clients are spread over rooms (rooms.go)
 }
 
 // newFleet prepares n clients; their structs exist before any dial so the
@@ -57,6 +58,9 @@ func newFleet(cfg *Config, n int) *fleet {
 	f.clients = make([]*client, n)
 	for i := range f.clients {
 		f.clients[i] = &client{f: f, id: i, name: userName(f.runID, i)}
+	}
+	if cfg.Rooms.Small > 0 {
+		f.rooms = newRoomsRun(f)
 	}
 	return f
 }
@@ -155,7 +159,7 @@ func (f *fleet) dial(ctx context.Context, c *client) error {
 		}
 	}
 	d := ws.Dialer{Timeout: f.cfg.Timeout, NetDial: nd.DialContext}
-	conn, br, _, err := d.Dial(ctx, f.cfg.URL)
+	conn, br, _, err := d.Dial(ctx, f.dialURL(c))
 	if err != nil {
 		return err
 	}
@@ -251,6 +255,11 @@ func (f *fleet) connectConfirmed(ctx context.Context, isSlow func(int) bool, pro
 			return fmt.Errorf("no client connected: %w", err)
 		}
 		return errors.New("no client connected (every reading client was gone before the barrier)")
+	}
+	if f.rooms != nil { // a barrier reaches one room only: one per room
+		res.Rooms = f.rooms.layout()
+		res.Unconfirmed = f.rooms.waitBarriers(ctx)
+		return ctx.Err()
 	}
 	res.Unconfirmed = f.waitBarrier(ctx, first)
 	return ctx.Err()

@@ -42,6 +42,7 @@ type Config struct {
 	Drain    time.Duration
 	Hold     time.Duration
 	Slow     int
+	Rooms    roomsConfig // rooms, and idle -rooms (rooms.go)
 
 	// soak
 	SlowPct   float64
@@ -66,6 +67,7 @@ var scenarios = map[string]scenario{
 	"idle": {runIdle, "connect and join -conns clients, hold them -hold, report server RSS per connection",
 		func(fs *flag.FlagSet, c *Config) {
 			fs.DurationVar(&c.Hold, "hold", 10*time.Second, "how long to hold the connections before sampling the server")
+			fs.IntVar(&c.Rooms.Small, "rooms", 0, "spread the clients evenly over this many rooms (?room=NAME); 0: all in the default room")
 		}},
 	"broadcast": {runBroadcast, "-senders clients send -rate msg/s each for -duration; count deliveries, loss, latency",
 		trafficFlags},
@@ -91,6 +93,7 @@ var scenarios = map[string]scenario{
 			fs.DurationVar(&c.Settle, "settle", 30*time.Second, "after closing every client, wait at most this long for the server's gochat_connections to reach 0")
 			fs.DurationVar(&c.EvictWait, "evict-wait", 3*time.Second, "after sending, keep probing slow clients this long for evictions whose socket the server has not closed yet (gochat -close-linger, default 2s); ends early once the bench has seen every eviction the server counted")
 		}},
+	"rooms": {runRooms, "clients spread over -rooms rooms (plus one -big room), one sender per room; every client checks it gets exactly its own room's messages: lost, leaked, duplicates, latency", roomsFlags},
 }
 
 func trafficFlags(fs *flag.FlagSet, c *Config) {
@@ -116,7 +119,7 @@ func commonFlags(fs *flag.FlagSet, c *Config) {
 
 func usage() {
 	fmt.Fprintf(os.Stderr, "usage: bench <subcommand> [flags]\n\nSubcommands:\n")
-	for _, name := range []string{"idle", "broadcast", "storm", "slow", "soak"} {
+	for _, name := range []string{"idle", "broadcast", "storm", "slow", "soak", "rooms"} {
 		fmt.Fprintf(os.Stderr, "  %-10s %s\n", name, scenarios[name].usage)
 	}
 	fmt.Fprintf(os.Stderr, "\nRun 'bench <subcommand> -h' for its flags.\n")

@@ -2,8 +2,8 @@
 # Reproduces the README's Performance figures on this machine: each
 # scenario gets a freshly built server of its own (so RSS baselines are
 # clean) on a free loopback port, stopped afterwards. Loopback only.
-#   bash bench/perf.sh             # everything (~4 minutes)
-#   bash bench/perf.sh idle        # one group: idle | broadcast | storm | smoke
+#   bash bench/perf.sh             # everything (~5 minutes)
+#   bash bench/perf.sh idle        # one group: idle | broadcast | storm | rooms | smoke
 #   bash bench/perf.sh -w idle     # and overwrite the tracked bench/results/*.json
 # The harness's JSON goes to a new bench/out/<UTC timestamp>/ (gitignored),
 # or PERF_OUT=dir; only -w or PERF_WRITE_RESULTS=1 writes bench/results/,
@@ -20,8 +20,8 @@ if [[ ${1:-} == -w ]]; then
 fi
 group=${1:-all}
 case $group in
-  all | idle | broadcast | storm | smoke) ;;
-  *) echo "usage: bash bench/perf.sh [-w] [all|idle|broadcast|storm|smoke]" >&2; exit 2 ;;
+  all | idle | broadcast | storm | rooms | smoke) ;;
+  *) echo "usage: bash bench/perf.sh [-w] [all|idle|broadcast|storm|rooms|smoke]" >&2; exit 2 ;;
 esac
 if [[ $write == 1 ]]; then
   out=bench/results
@@ -103,6 +103,23 @@ if [[ $group == all || $group == storm ]]; then
   bench storm -conns 2000 >"$out/storm-2000.json"
   stop
 fi
+if [[ $group == all || $group == rooms ]]; then
+  # Issue #12: 10,000 clients in 1,000 rooms of 10, one sender each, 1,000 msg/s in all;
+  # the mix: one room of 5,000 (2 senders, 20 msg/s in all) beside 500 rooms of 10 (500 msg/s);
+  # idle 10,000 in one room vs in 1,000 rooms, back to back, for RSS per connection.
+  serve -rate 100 -burst 100
+  bench rooms -conns 10000 -rooms 1000 -rate 1000 -duration 10s >"$out/rooms-10000x1000.json"
+  stop
+  serve -rate 100 -burst 100
+  bench rooms -conns 10000 -rooms 500 -rate 500 -big 5000 -big-senders 2 -big-rate 20 -duration 10s >"$out/rooms-mix-5000+500x10.json"
+  stop
+  serve -presence=false
+  bench idle -conns 10000 -hold 10s >"$out/rooms-idle-10000x1.json"
+  stop
+  serve -presence=false
+  bench idle -conns 10000 -rooms 1000 -hold 10s >"$out/rooms-idle-10000x1000.json"
+  stop
+fi
 if [[ $group == smoke ]]; then
   serve -presence=false
   bench idle -conns 50 -hold 200ms >"$out/smoke-idle-50.json"
@@ -113,9 +130,10 @@ python3 - "$out" <<'PY'
 import json, glob, os, sys
 for f in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
     d = json.load(open(f)); s = d.get("server", {}); l = d.get("latency_ms", {})
-    print(f"{os.path.basename(f):28} connected={d.get('connected')} lost={d.get('lost')} "
+    print(f"{os.path.basename(f):32} connected={d.get('connected')} lost={d.get('lost')} "
           f"disconnected={d.get('disconnected')} dps={d.get('deliveries_per_sec', 0):.0f} "
           f"p50={l.get('p50')} p99={l.get('p99')} rss/conn={d.get('rss_per_conn_bytes')} "
           f"cpu/delivery={d.get('cpu_us_per_delivery')} drain={d.get('drain_seconds')} "
-          f"fds={s.get('fds')} goroutines={s.get('goroutines')}")
+          f"fds={s.get('fds')} goroutines={s.get('goroutines')}"
+          + (f" leaked={r.get('leaked')} dups={r.get('duplicates')}" if (r := d.get("rooms")) and "leaked" in r else ""))
 PY

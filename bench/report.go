@@ -35,6 +35,7 @@ func writeTable(w io.Writer, r *Result) error {
 	case "soak":
 		soakRows(row, r)
 	}
+	roomsRows(row, r)
 	clientErrorRows(row, r)
 	serverRows(row, r)
 	serverWindowRows(row, r)

@@ -55,6 +55,9 @@ type Result struct {
 	NoticesMissing  *uint64  `json:"notices_missing,omitempty"`
 	NoticesDup      *uint64  `json:"notices_duplicated,omitempty"`
 
+	// rooms, and idle with -rooms (rooms.go)
+	Rooms *RoomsStats `json:"rooms,omitempty"`
+
 	// slow
 	SlowClients      *int           `json:"slow_clients,omitempty"`
 	SlowDisconnected *int           `json:"slow_disconnected,omitempty"`
