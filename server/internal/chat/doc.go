@@ -10,7 +10,8 @@
 // accepts to a Relay, if there is one, and takes what other nodes publish
 // through PublishRemote. Nothing here knows about sockets or NATS.
 //
-// Lock order: Hub.namesMu, then shard.mu. Hub.qmu is never held with
-// another lock of this package; Transport methods are never called with
-// namesMu or qmu held.
+// Lock order: Hub.mu alone; in a room, namesMu, then rounds.qmu, then
+// membersMu. Transport.Send is called with namesMu and qmu held (the
+// replay, so that it lands before any live batch); Transport.Deliver with
+// no lock held. No Transport method takes a lock of this package.
 package chat

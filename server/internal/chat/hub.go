@@ -23,7 +23,7 @@ type Config struct {
 	ErrorBudget   int           // bad messages per minute before 1008
 	Presence      bool          // join/leave notices
 	RoundInterval time.Duration // shortest time between a room's broadcast rounds
-	Shards        int           // fan-out shards per room (tasks per round at most)
+	Shards        int           // fan-out tasks per round at most (a room's members spread over the workers)
 	// PresenceSummary is the member count above which a room's join and
 	// leave notices are summarized, one per kind per round ("alice, bob
 	// and 1,312 others joined the chat"), instead of one per client: a
@@ -206,7 +206,7 @@ func (h *Hub) RoomMembers(name string, limit int) (names []string, total int, ok
 		return nil, 0, false
 	}
 	r.namesMu.Lock()
-	for _, s := range r.names {
+	for _, s := range r.members {
 		names = append(names, s.name)
 	}
 	r.namesMu.Unlock()

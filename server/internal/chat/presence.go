@@ -33,7 +33,10 @@ func (r *rounds) pendNotice(name string, kind noticeKind) {
 		return
 	}
 	if r.emptyLocked() {
-		r.queuedAt = time.Now()
+		r.queuedAt = time.Now().UnixNano()
+	}
+	if r.summaries == nil {
+		r.summaries = new([2]summary)
 	}
 	sm := &r.summaries[kind]
 	if sm.n < len(sm.names) {
@@ -48,6 +51,9 @@ func (r *rounds) pendNotice(name string, kind noticeKind) {
 // joined the chat") as ordinary notices, relayed like any, and clears
 // them. Caller holds qmu.
 func (r *rounds) appendSummariesLocked() {
+	if r.summaries == nil {
+		return
+	}
 	for kind := range r.summaries {
 		sm := &r.summaries[kind]
 		if sm.n == 0 {

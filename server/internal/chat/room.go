@@ -15,26 +15,22 @@ type Room struct {
 	name string
 	refs int // sessions holding the room; protected by Hub.mu
 
-	namesMu sync.Mutex          // Protects names.
-	names   map[string]*Session // uniqueness key -> member
+	// namesMu protects names, and serializes joins and leaves: members
+	// changes only with it held (and membersMu, for the rounds' readers).
+	namesMu sync.Mutex
+	// names maps uniqueness keys to members once the room has had more
+	// than smallRoom of them; a smaller room scans members instead, and
+	// saves the map.
+	names map[string]*Session
 
-	shards []shard
+	membersMu sync.Mutex // Protects members, and Session.member of each of them.
+	members   []*Session
+
 	rounds rounds
 }
 
-// shard is a slice of a room's members, fanned out by one task per round.
-type shard struct {
-	room    *Room
-	mu      sync.Mutex // Protects members, and Session.member of each of them.
-	members []*Session
-	snap    []*Session // the round's copy of members; owned by the shard task
-}
-
 func newRoom(h *Hub, name string) *Room {
-	r := &Room{hub: h, name: name, names: make(map[string]*Session), shards: make([]shard, max(1, h.cfg.Shards))}
-	for i := range r.shards {
-		r.shards[i].room = r
-	}
+	r := &Room{hub: h, name: name}
 	r.rounds.init(r)
 	return r
 }
@@ -48,7 +44,7 @@ func (r *Room) free() {
 	rd.freed = true
 	r.hub.history.Add(-int64(rd.history.n))
 	rd.history.entries, rd.history.n, rd.history.start = nil, 0, 0
-	rd.summaries = [2]summary{}
+	rd.summaries = nil
 	rd.qmu.Unlock()
 }
 
@@ -59,7 +55,7 @@ func (r *Room) Name() string { return r.name }
 func (r *Room) Members() int {
 	r.namesMu.Lock()
 	defer r.namesMu.Unlock()
-	return len(r.names)
+	return len(r.members)
 }
 
 // Publish broadcasts a message from name (a member, or System) to every
@@ -82,14 +78,40 @@ func (r *Room) Publish(name string, content []byte) error {
 func (r *Room) join(s *Session, name, key string) error {
 	r.namesMu.Lock()
 	defer r.namesMu.Unlock()
-	if _, taken := r.names[key]; taken {
+	if r.takenLocked(key) {
 		return chatmsg.ErrUsernameTaken
 	}
-	r.names[key] = s
+	if r.names == nil && len(r.members) >= smallRoom {
+		r.names = make(map[string]*Session, 2*smallRoom)
+		for _, m := range r.members {
+			r.names[m.key] = m
+		}
+	}
+	if r.names != nil {
+		r.names[key] = s
+	}
 	s.name, s.key, s.joined = name, key, true
 	r.rounds.attach(s)
 	r.hub.members.Add(1)
 	return nil
+}
+
+// smallRoom is the member count up to which a room finds names by
+// scanning its members rather than through a map.
+const smallRoom = 32
+
+// takenLocked reports whether a member has key. Caller holds namesMu.
+func (r *Room) takenLocked(key string) bool {
+	if r.names != nil {
+		_, taken := r.names[key]
+		return taken
+	}
+	for _, m := range r.members {
+		if m.key == key {
+			return true
+		}
+	}
+	return false
 }
 
 // leave unregisters s and, unless the hub is draining, tells the others.
@@ -101,17 +123,18 @@ func (r *Room) leave(s *Session) {
 	}
 	s.joined = false
 	r.namesMu.Lock()
-	delete(r.names, s.key)
-	sh := &r.shards[int(s.id)%len(r.shards)]
-	sh.mu.Lock()
-	last := len(sh.members) - 1
-	moved := sh.members[last]
-	sh.members[s.member] = moved
+	if r.names != nil {
+		delete(r.names, s.key)
+	}
+	r.membersMu.Lock()
+	last := len(r.members) - 1
+	moved := r.members[last]
+	r.members[s.member] = moved
 	moved.member = s.member
-	sh.members[last] = nil
-	sh.members = sh.members[:last]
+	r.members[last] = nil
+	r.members = r.members[:last]
 	s.member = -1
-	sh.mu.Unlock()
+	r.membersMu.Unlock()
 	r.namesMu.Unlock()
 	r.hub.members.Add(-1)
 	r.hub.metrics.Leaves.Inc()

@@ -15,7 +15,7 @@ import (
 // each wire form (the seed's two keys, and gochat.v2 with id, room and
 // time), keeps it in the room's history, and appends it to the queues.
 // Rounds deliver it: a round takes what is queued (up to MaxBatch bytes)
-// as one batch and fans it out, each shard of members on its own worker,
+// as one batch and fans it out, a chunk of members per worker (fanout),
 // one Transport.Deliver (one write(2)) per member carrying the whole batch
 // in that member's form. At most one round per room is in flight, which
 // keeps every sender's messages in order at every receiver; under load,
@@ -26,35 +26,44 @@ type rounds struct {
 	room *Room
 
 	qmu       sync.Mutex // Protects following.
-	queue     []byte     // seed frames waiting for the next round
-	queueV2   []byte     // the same messages as gochat.v2 frames
-	queueIDs  []uint64   // their ids
-	queuedAt  time.Time  // when the oldest of them was published
+	bufs      *roundBufs // the queues and the batch; allocated at the first message
+	queuedAt  int64      // when the oldest of them was published (unix nanos)
 	running   bool       // a round is in flight, or due on a timer (next)
-	spare     []byte     // the previous round's buffers, reused
-	spareV2   []byte
-	summaries [2]summary // joins and leaves waiting for the next round (presence.go)
+	summaries *[2]summary // joins and leaves waiting for the next round (presence.go); large rooms only
 	history   history    // the room's last messages (history.go)
-	scratch   entry      // encodes messages when the room keeps no history
+	scratch   *entry     // encodes messages when the room keeps no history
 	freed     bool       // the room emptied and is gone: nothing more is queued
 	taken     uint64     // batches taken so far; a batch's seq
 	lastTaken uint64     // id of the newest message taken into a batch
 
 	// The round in flight. Written only between rounds, read-only while
 	// one runs.
-	batch       []byte
-	batchV2     []byte
 	batchFrames int
 	batchSeq    uint64
-	batchAt     time.Time
-	pending     atomic.Int32 // shard tasks of the round not yet done
+	batchAt     int64 // queuedAt of the batch
+	pending     atomic.Int32 // fan-out tasks of the round not yet done
 
-	// Round timing, touched only by whoever starts or ends the round in
-	// flight (never two at once).
-	start   time.Time
-	end     time.Time
+	// Round timing (unix nanos), touched only by whoever starts or ends the
+	// round in flight (never two at once).
+	start   int64
+	end     int64
 	took    time.Duration
 	maxRest time.Duration // cap on the rest between rounds
+}
+
+// roundBufs are a room's broadcast buffers: a room that never carries a
+// message (an idle one) never allocates them.
+type roundBufs struct {
+	queue    []byte   // seed frames waiting for the next round; qmu
+	queueV2  []byte   // the same messages as gochat.v2 frames; qmu
+	queueIDs []uint64 // their ids; qmu
+	spare    []byte   // the previous round's buffers, reused; qmu
+	spareV2  []byte
+	// The round in flight: written only between rounds.
+	batch   []byte
+	batchV2 []byte
+	snap    []*Session // the round's copy of the members
+	tasks   []fanout   // the round's fan-out tasks; grows with the room
 }
 
 // maxRest caps the pause between rounds.
@@ -87,7 +96,7 @@ func (r *rounds) enqueue(name, content string) error {
 		r.qmu.Unlock()
 		return nil // nobody is left to deliver to
 	}
-	if len(r.queueV2) > maxQueue {
+	if r.bufs != nil && len(r.bufs.queueV2) > maxQueue {
 		r.qmu.Unlock()
 		r.room.hub.metrics.BusyRejects.Inc()
 		return chatmsg.ErrServerBusy
@@ -101,13 +110,19 @@ func (r *rounds) enqueue(name, content string) error {
 // history entry and appends those to the queues. Caller holds qmu.
 func (r *rounds) enqueueLocked(name, content string) {
 	h := r.room.hub
-	if r.emptyLocked() {
-		r.queuedAt = time.Now()
+	if r.bufs == nil {
+		r.bufs = new(roundBufs)
 	}
 	id, now := h.ids.next(), time.Now()
+	if r.emptyLocked() {
+		r.queuedAt = now.UnixNano()
+	}
 	e := r.history.push(id, now)
 	if e == nil {
-		e = &r.scratch
+		if r.scratch == nil {
+			r.scratch = new(entry)
+		}
+		e = r.scratch
 	}
 	e.seed = wsframe.AppendFramed(e.seed[:0], ws.OpText, func(b []byte) []byte {
 		return chatmsg.AppendChat(b, name, content)
@@ -115,9 +130,9 @@ func (r *rounds) enqueueLocked(name, content string) {
 	e.v2 = wsframe.AppendFramed(e.v2[:0], ws.OpText, func(b []byte) []byte {
 		return chatmsg.AppendChatV2(b, name, content, id, r.room.name, now.UnixMilli())
 	})
-	r.queue = append(r.queue, e.seed...)
-	r.queueV2 = append(r.queueV2, e.v2...)
-	r.queueIDs = append(r.queueIDs, id)
+	r.bufs.queue = append(r.bufs.queue, e.seed...)
+	r.bufs.queueV2 = append(r.bufs.queueV2, e.v2...)
+	r.bufs.queueIDs = append(r.bufs.queueIDs, id)
 	h.metrics.Published.Inc()
 }
 
@@ -134,7 +149,7 @@ func (r *rounds) kickLocked() {
 
 // emptyLocked reports whether nothing waits for a round. Caller holds qmu.
 func (r *rounds) emptyLocked() bool {
-	return len(r.queueIDs) == 0 && r.summaries[joined].n == 0 && r.summaries[left].n == 0
+	return (r.bufs == nil || len(r.bufs.queueIDs) == 0) && (r.summaries == nil || r.summaries[joined].n == 0 && r.summaries[left].n == 0)
 }
 
 // next starts a round with what is queued, once the fan-out has rested
@@ -148,9 +163,9 @@ func (r *rounds) emptyLocked() bool {
 // flight.
 func (r *rounds) next() {
 	h := r.room.hub
-	now := time.Now()
+	now := time.Now().UnixNano()
 	rest := min(r.took/2, r.maxRest)
-	wait := max(h.cfg.RoundInterval-now.Sub(r.start), rest-now.Sub(r.end))
+	wait := max(h.cfg.RoundInterval-time.Duration(now-r.start), rest-time.Duration(now-r.end))
 	if wait > 0 {
 		time.AfterFunc(wait, r.next)
 		return
@@ -171,13 +186,33 @@ func (r *rounds) next() {
 	}
 	r.qmu.Unlock()
 	r.start = now
-	shards := r.room.shards
-	r.pending.Store(int32(len(shards)))
-	for i := range shards {
-		if h.pool.Schedule(&shards[i]) != nil {
+	room := r.room
+	room.membersMu.Lock()
+	r.bufs.snap = append(r.bufs.snap[:0], room.members...)
+	room.membersMu.Unlock()
+	// One task per fanoutChunk members, at most Shards: a small room is one
+	// task, a large one spreads over the workers.
+	n := max(1, min((len(r.bufs.snap)+fanoutChunk-1)/fanoutChunk, h.cfg.Shards))
+	for len(r.bufs.tasks) < n {
+		r.bufs.tasks = append(r.bufs.tasks, fanout{r: r})
+	}
+	r.pending.Store(int32(n))
+	for i := range n {
+		t := &r.bufs.tasks[i]
+		t.from, t.to = i*len(r.bufs.snap)/n, (i+1)*len(r.bufs.snap)/n
+		if h.pool.Schedule(t) != nil {
 			r.shardDone() // pool closed at shutdown: nobody to deliver to
 		}
 	}
+}
+
+// fanoutChunk is the fewest members a round gives a task of its own.
+const fanoutChunk = 256
+
+// fanout is one task of a round: it delivers the batch to snap[from:to].
+type fanout struct {
+	r        *rounds
+	from, to int
 }
 
 // takeBatchLocked moves what is queued, up to MaxBatch bytes of whole
@@ -185,28 +220,32 @@ func (r *rounds) next() {
 // Caller holds qmu.
 func (r *rounds) takeBatchLocked() {
 	r.appendSummariesLocked()
+	if r.bufs == nil { // nothing was ever queued (the room was freed)
+		r.batchFrames = 0
+		return
+	}
 	r.taken++
 	r.batchSeq, r.batchAt = r.taken, r.queuedAt
-	count := len(r.queueIDs)
-	if limit := r.room.hub.cfg.MaxBatch; limit > 0 && len(r.queueV2) > limit {
+	count := len(r.bufs.queueIDs)
+	if limit := r.room.hub.cfg.MaxBatch; limit > 0 && len(r.bufs.queueV2) > limit {
 		var end int
-		end, count = wsframe.SplitFrames(r.queueV2, limit)
-		seedEnd := wsframe.FramesEnd(r.queue, count)
-		r.batch = append(r.spare[:0], r.queue[:seedEnd]...)
-		r.batchV2 = append(r.spareV2[:0], r.queueV2[:end]...)
-		r.queue = r.queue[:copy(r.queue, r.queue[seedEnd:])]
-		r.queueV2 = r.queueV2[:copy(r.queueV2, r.queueV2[end:])]
-		r.queuedAt = time.Now() // the rest is as old as this round, at most
+		end, count = wsframe.SplitFrames(r.bufs.queueV2, limit)
+		seedEnd := wsframe.FramesEnd(r.bufs.queue, count)
+		r.bufs.batch = append(r.bufs.spare[:0], r.bufs.queue[:seedEnd]...)
+		r.bufs.batchV2 = append(r.bufs.spareV2[:0], r.bufs.queueV2[:end]...)
+		r.bufs.queue = r.bufs.queue[:copy(r.bufs.queue, r.bufs.queue[seedEnd:])]
+		r.bufs.queueV2 = r.bufs.queueV2[:copy(r.bufs.queueV2, r.bufs.queueV2[end:])]
+		r.queuedAt = time.Now().UnixNano() // the rest is as old as this round, at most
 	} else {
-		r.batch, r.queue = r.queue, r.spare[:0]
-		r.batchV2, r.queueV2 = r.queueV2, r.spareV2[:0]
+		r.bufs.batch, r.bufs.queue = r.bufs.queue, r.bufs.spare[:0]
+		r.bufs.batchV2, r.bufs.queueV2 = r.bufs.queueV2, r.bufs.spareV2[:0]
 	}
-	r.spare, r.spareV2 = nil, nil
+	r.bufs.spare, r.bufs.spareV2 = nil, nil
 	r.batchFrames = count
 	if count > 0 {
-		r.lastTaken = r.queueIDs[count-1]
+		r.lastTaken = r.bufs.queueIDs[count-1]
 	}
-	r.queueIDs = r.queueIDs[:copy(r.queueIDs, r.queueIDs[count:])]
+	r.bufs.queueIDs = r.bufs.queueIDs[:copy(r.bufs.queueIDs, r.bufs.queueIDs[count:])]
 }
 
 // attach adds a joined session to the round's members, after queueing
@@ -220,30 +259,27 @@ func (r *rounds) attach(s *Session) {
 		s.t.Send(replay)
 	}
 	s.firstRound = r.taken + 1
-	sh := &r.room.shards[int(s.id)%len(r.room.shards)]
-	sh.mu.Lock()
-	s.member = int32(len(sh.members))
-	sh.members = append(sh.members, s)
-	sh.mu.Unlock()
+	room := r.room
+	room.membersMu.Lock()
+	s.member = int32(len(room.members))
+	room.members = append(room.members, s)
+	room.membersMu.Unlock()
 }
 
-// Run fans the current batch out to the shard's members. It is the shard's
-// task in a round.
-func (sh *shard) Run() {
-	r := &sh.room.rounds
-	m := sh.room.hub.metrics
-	sh.mu.Lock()
-	sh.snap = append(sh.snap[:0], sh.members...)
-	sh.mu.Unlock()
+// Run delivers the current batch to the task's members.
+func (t *fanout) Run() {
+	r := t.r
+	m := r.room.hub.metrics
 	n, written := 0, 0
-	for i, s := range sh.snap {
-		sh.snap[i] = nil
+	for i := t.from; i < t.to; i++ {
+		s := r.bufs.snap[i]
+		r.bufs.snap[i] = nil // the session may go: the round keeps no hold on it
 		if s.firstRound > r.batchSeq {
 			continue // joined after this batch was taken: it was in the replay
 		}
-		batch := r.batch
+		batch := r.bufs.batch
 		if s.v2 {
-			batch = r.batchV2
+			batch = r.bufs.batchV2
 		}
 		ok, w := s.t.Deliver(batch)
 		if ok {
@@ -258,21 +294,21 @@ func (sh *shard) Run() {
 	r.shardDone()
 }
 
-// shardDone ends the round when its last shard finishes, and starts the next
+// shardDone ends the round when its last task finishes, and starts the next
 // one if messages arrived meanwhile.
 func (r *rounds) shardDone() {
 	if r.pending.Add(-1) != 0 {
 		return
 	}
 	h := r.room.hub
-	r.end = time.Now()
-	r.took = r.end.Sub(r.start)
-	h.metrics.BroadcastLatency.Observe(r.end.Sub(r.batchAt).Seconds())
+	r.end = time.Now().UnixNano()
+	r.took = time.Duration(r.end - r.start)
+	h.metrics.BroadcastLatency.Observe(time.Duration(r.end - r.batchAt).Seconds())
 	h.metrics.Rounds.Inc()
 	h.rounds.Add(1)
 	r.qmu.Lock()
-	r.spare, r.spareV2 = r.batch[:0], r.batchV2[:0]
-	r.batch, r.batchV2 = nil, nil
+	r.bufs.spare, r.bufs.spareV2 = r.bufs.batch[:0], r.bufs.batchV2[:0]
+	r.bufs.batch, r.bufs.batchV2 = nil, nil
 	if r.emptyLocked() {
 		r.running = false
 		r.qmu.Unlock()

@@ -17,7 +17,7 @@ import (
 // connection (saving an allocation per client) and calls it only from the
 // connection's own task, one call at a time: Init, OnMessage, Leave. Its
 // fields belong to the chat layer; member is also written by other
-// sessions' leaves, under the shard's lock.
+// sessions' leaves, under the room's membersMu.
 type Session struct {
 	t    Transport
 	room *Room // the room it is in, from Attach until Leave
@@ -29,8 +29,8 @@ type Session struct {
 	tokensAt   int64  // unix nanos of the last refill of tokens
 	errsAt     int64  // unix nanos when the error window started
 
-	id       int32   // the connection's id (its fd): picks the shard, names it in logs
-	member   int32   // index in the shard's members, -1 when not a member
+	id       int32   // the connection's id (its fd), in logs
+	member   int32   // index in the room's members, -1 when not a member
 	historyN int32   // messages to replay after the join
 	tokens   float32 // rate limiter bucket
 	errs     int32   // errors in the current error window
