@@ -25,22 +25,22 @@ import (
 type rounds struct {
 	room *Room
 
-	qmu       sync.Mutex // Protects following.
-	bufs      *roundBufs // the queues and the batch; allocated at the first message
-	queuedAt  int64      // when the oldest of them was published (unix nanos)
-	running   bool       // a round is in flight, or due on a timer (next)
+	qmu       sync.Mutex  // Protects following.
+	bufs      *roundBufs  // the queues and the batch; allocated at the first message
+	queuedAt  int64       // when the oldest of them was published (unix nanos)
+	running   bool        // a round is in flight, or due on a timer (next)
 	summaries *[2]summary // joins and leaves waiting for the next round (presence.go); large rooms only
-	history   history    // the room's last messages (history.go)
-	scratch   *entry     // encodes messages when the room keeps no history
-	freed     bool       // the room emptied and is gone: nothing more is queued
-	taken     uint64     // batches taken so far; a batch's seq
-	lastTaken uint64     // id of the newest message taken into a batch
+	history   history     // the room's last messages (history.go)
+	scratch   *entry      // encodes messages when the room keeps no history
+	freed     bool        // the room emptied and is gone: nothing more is queued
+	taken     uint64      // batches taken so far; a batch's seq
+	lastTaken uint64      // id of the newest message taken into a batch
 
 	// The round in flight. Written only between rounds, read-only while
 	// one runs.
 	batchFrames int
 	batchSeq    uint64
-	batchAt     int64 // queuedAt of the batch
+	batchAt     int64        // queuedAt of the batch
 	pending     atomic.Int32 // fan-out tasks of the round not yet done
 
 	// Round timing (unix nanos), touched only by whoever starts or ends the
