@@ -145,8 +145,8 @@ func TestZeroMeansWhatHelpSays(t *testing.T) {
 	if cfg.OverloadQueue != server.OverloadQueueOff {
 		t.Errorf("-overload-queue 0: OverloadQueue = %d, want OverloadQueueOff (never shed)", cfg.OverloadQueue)
 	}
-	if cfg.RoundInterval != 0 {
-		t.Errorf("-round-interval 0: RoundInterval = %v, want 0 (no pacing)", cfg.RoundInterval)
+	if cfg.RoundInterval != server.RoundIntervalNone {
+		t.Errorf("-round-interval 0: RoundInterval = %v, want RoundIntervalNone (pace by round cost alone)", cfg.RoundInterval)
 	}
 	// Go callers: a zero field is still the default.
 	d := server.Config{}.Defaults()

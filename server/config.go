@@ -88,9 +88,14 @@ type Config struct {
 	// Origins lists the allowed cross-site Origins (scheme://host[:port]);
 	// same-origin and Origin-less requests are always allowed.
 	Origins []string
-	// RoundInterval is the shortest time between two broadcast rounds. Under
-	// load, messages published meanwhile go out together, one write per
-	// member instead of one per message; an idle hub sends at once.
+	// RoundInterval is the shortest time between the starts of two
+	// broadcast rounds of a busy room whose rounds are expensive (one over
+	// about a thousand members or more): messages published meanwhile go
+	// out together, one write per member instead of one per message, which
+	// is where the CPU per delivery goes (README, Performance). A room idle
+	// for longer sends at once, and a small room is never held back, so
+	// this bounds the latency it adds. Zero means the default (50ms);
+	// RoundIntervalNone paces by round cost alone.
 	RoundInterval time.Duration
 	// ShutdownTimeout bounds the graceful close handshakes at shutdown.
 	ShutdownTimeout time.Duration
@@ -125,6 +130,7 @@ const (
 	DefaultSendQueue        = 1 << 20
 	DefaultShutdownTimeout  = 5 * time.Second
 	DefaultCloseLinger      = 2 * time.Second
+	DefaultRoundInterval    = 50 * time.Millisecond
 	DefaultPresenceSummary  = 2000
 	DefaultMaxRooms         = 10_000
 	DefaultHistory          = 100
@@ -138,6 +144,9 @@ const (
 	// tolerated" (the flag's -error-budget 0), since a zero field means
 	// the default.
 	ErrorBudgetNone = -1
+	// RoundIntervalNone is Config.RoundInterval for "no minimum interval"
+	// (the flag's -round-interval 0).
+	RoundIntervalNone = time.Duration(-1)
 	// HistoryNone is Config.History for "rooms keep no history" (the
 	// flag's -history 0).
 	HistoryNone = -1
@@ -196,6 +205,9 @@ func (c Config) Defaults() Config {
 	if c.Presence == nil {
 		on := true
 		c.Presence = &on
+	}
+	if c.RoundInterval == 0 {
+		c.RoundInterval = DefaultRoundInterval
 	}
 	if c.PresenceSummary == 0 {
 		c.PresenceSummary = DefaultPresenceSummary
@@ -263,7 +275,7 @@ func (c Config) Validate() error {
 		return fmt.Errorf("gochat: overload-queue %d < 0", c.OverloadQueue)
 	case c.JoinTimeout <= 0, c.PingInterval <= 0, c.PongTimeout <= 0, c.ShutdownTimeout <= 0, c.HandshakeTimeout <= 0, c.CloseLinger <= 0, c.WriteTimeout <= 0, c.HistoryAge <= 0:
 		return fmt.Errorf("gochat: timeouts and intervals must be positive")
-	case c.RoundInterval < 0:
+	case c.RoundInterval < RoundIntervalNone:
 		return fmt.Errorf("gochat: round-interval %v < 0", c.RoundInterval)
 	case c.NATS != "" && !natsrelay.ValidSubject(c.NATSSubject):
 		return fmt.Errorf("gochat: nats-subject %q: want dot-separated tokens, no wildcards or spaces", c.NATSSubject)
@@ -315,7 +327,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Var(intFlag(&c.MaxOutbound, 1024, 0), "max-outbound", "bytes pending for all clients together; past it broadcasts wait for clients to read (`bytes` >= -send-queue)")
 	fs.Var(intFlag(&c.MaxInbound, 1024, 0), "max-inbound", "bytes buffered for all clients' incomplete messages; past it such clients are not read until memory frees up (`bytes` >= -max-message)")
 	fs.Var(originsValue{&c.Origins}, "origins", "comma-separated cross-site `origins` (scheme://host[:port]) allowed to connect (same-origin and Origin-less clients always are)")
-	fs.Var(durationFlag(&c.RoundInterval, true), "round-interval", "shortest time between broadcast rounds; under load, messages in between share one write per client (`duration` >= 0; 0: no pacing)")
+	fs.Var(durationFlag(&c.RoundInterval, true), "round-interval", "shortest time between a busy large room's broadcast rounds; messages in between share one write per client; idle and small rooms send at once (`duration` >= 0; 0: pace by round cost alone)")
 	fs.Var(durationFlag(&c.ShutdownTimeout, false), "shutdown-timeout", "time allowed for close handshakes at shutdown (`duration` > 0)")
 	fs.Var(natsValue{&c.NATS}, "nats", "NATS `URLs` (comma-separated, nats:// or tls://) to share the chat with other gochat nodes, e.g. nats://127.0.0.1:4222; empty: single node")
 	fs.Var(subjectValue{&c.NATSSubject}, "nats-subject", "NATS `subject` shared by the gochat nodes of one chat (dot-separated tokens, no wildcards)")
@@ -374,6 +386,9 @@ func (v *durationValue) String() string {
 	if v == nil || v.p == nil {
 		return ""
 	}
+	if *v.p == RoundIntervalNone {
+		return "0s"
+	}
 	return v.p.String()
 }
 
@@ -386,6 +401,8 @@ func (v *durationValue) Set(s string) error {
 		return fmt.Errorf("%v is negative", d)
 	case d == 0 && !v.zeroOK:
 		return fmt.Errorf("must be more than 0")
+	case d == 0:
+		d = RoundIntervalNone // the only duration flag whose 0 means something
 	}
 	*v.p = d
 	return nil

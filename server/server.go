@@ -116,7 +116,7 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		Burst:         cfg.Burst,
 		ErrorBudget:   cfg.ErrorBudget,
 		Presence:      cfg.presence(),
-		RoundInterval: cfg.RoundInterval,
+		RoundInterval: max(cfg.RoundInterval, 0),
 		Shards:        max(4, cfg.Workers),
 		// A reader that keeps up has at most a quarter of its send queue
 		// pending after any round.

@@ -66,6 +66,10 @@ type roundBufs struct {
 	tasks   []fanout   // the round's fan-out tasks; grows with the room
 }
 
+// paceAbove is the round duration from which a room's rounds keep
+// Config.RoundInterval between them: about a round over a thousand members.
+const paceAbove = 2 * time.Millisecond
+
 // maxRest caps the pause between rounds.
 const maxRest = 25 * time.Millisecond
 
@@ -153,8 +157,9 @@ func (r *rounds) emptyLocked() bool {
 }
 
 // next starts a round with what is queued, once the fan-out has rested
-// half as long as its last round took (at most maxRest), and at least
-// RoundInterval has passed since that round started. The more members, the
+// half as long as its last round took (at most maxRest), and, in a room
+// whose rounds are expensive, at least RoundInterval has passed since that
+// round started. The more members, the
 // longer a round, the more messages the next one carries: the cost per
 // delivery falls as load rises, since one write(2) per member per round is
 // the dominant cost. The cap keeps bigger batches (longer rounds) from
@@ -165,7 +170,15 @@ func (r *rounds) next() {
 	h := r.room.hub
 	now := time.Now().UnixNano()
 	rest := min(r.took/2, r.maxRest)
-	wait := max(h.cfg.RoundInterval-time.Duration(now-r.start), rest-time.Duration(now-r.end))
+	// A room whose rounds are expensive (many members) keeps RoundInterval
+	// between round starts: the messages of that time share one write per
+	// member. A cheap round costs little to repeat, so a small room is never
+	// held back: a conversation there sees no added latency.
+	var cycle time.Duration
+	if r.took >= paceAbove {
+		cycle = h.cfg.RoundInterval
+	}
+	wait := max(cycle-time.Duration(now-r.start), rest-time.Duration(now-r.end))
 	if wait > 0 {
 		time.AfterFunc(wait, r.next)
 		return
