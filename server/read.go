@@ -27,7 +27,9 @@ var readBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b 
 // bound, a connection that holds partial input is not read (parked, and
 // TCP pushes back on its sender) until memory frees up, and the others are
 // read a little at a time, so that no client can make the server buffer
-// more than the bound plus a small read per connection.
+// more than the bound plus a small read per connection. One connection at a
+// time (Server.grower) may grow past the bound until its partial input
+// completes, so that the parked ones cannot hold the memory for ever.
 
 // parkFor is how long a parked connection waits before it is read again.
 const parkFor = 20 * time.Millisecond
@@ -48,12 +50,17 @@ func (c *Conn) readInput() {
 		var n int
 		var err error
 		limit := len(buf)
-		if c.srv.inboundOver() {
-			if c.held > 0 {
+		if c.srv.inboundOver() && c.srv.grower.Load() != c {
+			if c.held == 0 {
+				limit = smallRead
+			} else if !c.srv.grower.CompareAndSwap(nil, c) {
 				c.park()
 				return
 			}
-			limit = smallRead
+			// Else this connection is the one that may grow past the
+			// bound until its partial input completes: memory frees up
+			// only when someone finishes a message, and if every holder
+			// of partial input were parked, none ever would.
 		}
 		if len(c.in) > 0 {
 			if want := max(c.need, len(c.in)+512); cap(c.in) < want {
@@ -99,7 +106,11 @@ func (c *Conn) readInput() {
 			// incomplete), and copy(c.in, rest) would silently drop its tail.
 			c.in = c.in[:copy(c.in[:cap(c.in)], rest)]
 		default: // data is the worker's buffer: keep the incomplete part
-			c.in = append(make([]byte, 0, max(c.need, len(rest)+512)), rest...)
+			reserve := max(c.need, len(rest)+512)
+			if limit == smallRead {
+				reserve = len(rest) // over the bound: keep what arrived, reserve nothing more
+			}
+			c.in = append(make([]byte, 0, reserve), rest...)
 		}
 		c.accountInbound()
 		if len(c.in) == 0 && n < limit {
@@ -114,6 +125,9 @@ func (c *Conn) accountInbound() {
 	if held := cap(c.in) + cap(c.msg); held != c.held {
 		c.srv.inbound.Add(int64(held - c.held))
 		c.held = held
+		if held == 0 {
+			c.srv.grower.CompareAndSwap(c, nil)
+		}
 	}
 }
 
