@@ -492,25 +492,31 @@ func runFragmented(ctx context.Context, cfg *Config) (Result, error) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}()
-	go func() { // upgrades: dial, 101, close
-		defer mwg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
+	var umu sync.Mutex
+	mwg.Add(3)
+	for g := range 4 {
+		go func() { // upgrades: dial, 101, close; four at a time
+			defer mwg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				t := time.Now()
+				c, err := hdial(ctx, cfg, n+1+4*i+g)
+				umu.Lock()
+				if err != nil {
+					upgradeFailed++
+				} else {
+					upAll = append(upAll, obs{t, time.Since(t)})
+					c.nc.Close()
+				}
+				umu.Unlock()
+				time.Sleep(5 * time.Millisecond)
 			}
-			t := time.Now()
-			c, err := hdial(ctx, cfg, n+1+i)
-			if err != nil {
-				upgradeFailed++
-			} else {
-				upAll = append(upAll, obs{t, time.Since(t)})
-				c.nc.Close()
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}()
+		}()
+	}
 	time.Sleep(200 * time.Millisecond) // a baseline before the blast
 	t0 := time.Now()
 	var bwg sync.WaitGroup
