@@ -433,21 +433,31 @@ func runFragmented(ctx context.Context, cfg *Config) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	// The control: its own messages, echoed back by the broadcast.
-	ctl, err := hdial(ctx, cfg, n)
-	if err != nil {
-		return Result{}, err
+	// The controls: their own messages, echoed back by the broadcast.
+	const controls = 8
+	type control struct {
+		c      *hclient
+		echoes chan struct{}
 	}
-	echoes := make(chan []byte, 1024)
-	ctl.onText = func(c *hclient, p []byte) {
-		if bytes.Contains(p, []byte(`"username":"`+runID+`ctl"`)) {
-			echoes <- bytes.Clone(p)
+	var ctls []control
+	for k := range controls {
+		c, err := hdial(ctx, cfg, n+k)
+		if err != nil {
+			return Result{}, err
 		}
+		tag := []byte(fmt.Sprintf(`"username":"%sctl%d"`, runID, k))
+		ctl := control{c, make(chan struct{}, 1024)}
+		c.onText = func(c *hclient, p []byte) {
+			if bytes.Contains(p, tag) {
+				ctl.echoes <- struct{}{}
+			}
+		}
+		wg.Add(1)
+		go c.read(&wg)
+		defer c.nc.Close()
+		c.write(appendFrame(nil, ws.OpText, []byte(fmt.Sprintf(`{"username":"%sctl%d"}`, runID, k))))
+		ctls = append(ctls, ctl)
 	}
-	wg.Add(1)
-	go ctl.read(&wg)
-	defer ctl.nc.Close()
-	ctl.write(appendFrame(nil, ws.OpText, []byte(`{"username":"`+runID+`ctl"}`)))
 	time.Sleep(time.Second) // joins and their notices settle
 
 	// 16 KB of JSON (whitespace content: parsed and checked, never
@@ -472,28 +482,34 @@ func runFragmented(ctx context.Context, cfg *Config) (Result, error) {
 	}
 	var echoAll, upAll []obs
 	var echoLost, upgradeFailed int
-	mwg.Add(2)
-	go func() { // control echo, every 5 ms
-		defer mwg.Done()
-		for seq := 0; ; seq++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			t := time.Now()
-			ctl.write(appendFrame(nil, ws.OpText, []byte(fmt.Sprintf(`{"content":"e%d"}`, seq))))
-			select {
-			case <-echoes:
-				echoAll = append(echoAll, obs{t, time.Since(t)})
-			case <-time.After(10 * time.Second):
-				echoLost++
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}()
 	var umu sync.Mutex
-	mwg.Add(3)
+	for _, ctl := range ctls {
+		mwg.Add(1)
+		go func() { // control echo, 8 per second (the default -rate is 10)
+			defer mwg.Done()
+			for seq := 0; ; seq++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				t := time.Now()
+				ctl.c.write(appendFrame(nil, ws.OpText, []byte(fmt.Sprintf(`{"content":"e%d"}`, seq))))
+				select {
+				case <-ctl.echoes:
+					umu.Lock()
+					echoAll = append(echoAll, obs{t, time.Since(t)})
+					umu.Unlock()
+				case <-time.After(10 * time.Second):
+					umu.Lock()
+					echoLost++
+					umu.Unlock()
+				}
+				time.Sleep(max(0, 125*time.Millisecond-time.Since(t)))
+			}
+		}()
+	}
+	mwg.Add(4)
 	for g := range 4 {
 		go func() { // upgrades: dial, 101, close; four at a time
 			defer mwg.Done()
@@ -539,7 +555,7 @@ func runFragmented(ctx context.Context, cfg *Config) (Result, error) {
 	var handled float64
 	for time.Since(t0) < cfg.Drain && ctx.Err() == nil {
 		handled = serverMetric(ctx, smp, "gochat_messages_received_total") - in0
-		if smp.metricsURL == "" || handled >= float64(n) {
+		if smp.metricsURL == "" || handled >= float64(n+controls) {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
