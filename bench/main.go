@@ -82,6 +82,9 @@ var scenarios = map[string]scenario{
 			fs.Lookup("size").DefValue = "1000"
 			c.Size = 1000
 		}},
+	"amplify":    {runAmplify, "-conns readers and -senders senders bursting 2,000 '<' (12 KB escaped); server RSS peak vs baseline, evictions, losses", hostileFlags(500, true)},
+	"fragmented": {runFragmented, "-conns clients each send one 16 KB message in 1,024 fragments at once; control echo p99 and upgrade p99 meanwhile", hostileFlags(1000, false)},
+	"storm20k":   {runStorm20k, "-conns clients (presence on) connect and join at once; drain time, peak server RSS, evictions, every join told by name or summary", hostileFlags(19800, false)},
 	"soak": {runSoak, "hours-style endurance run: -senders send for -duration while -churn clients/s reconnect and -slow-pct never read; samples the server every -sample",
 		func(fs *flag.FlagSet, c *Config) {
 			trafficFlags(fs, c)

@@ -49,6 +49,7 @@ type Conn struct {
 	sched    atomic.Uint32                      // schedIdle / schedRunning / schedAgain
 	phase    atomic.Uint32                      // a phase
 	pinged   atomic.Bool                        // a keepalive ping is out since the last read
+	parked   atomic.Bool                        // not read until a timer: inbound memory is over its bound (read.go); armLocked reads it
 	closeReq atomic.Pointer[wsframe.CloseCause] // close asked for by another goroutine
 	lastRead atomic.Int64                       // unix nanos of the last read, or of input found by the poller; keepalive
 	deadline atomic.Int64                       // unix nanos: handshake, join or close-linger deadline
@@ -56,7 +57,6 @@ type Conn struct {
 
 	// Read state. Owned by the task.
 	part     *partial // incomplete input (read.go); nil when none
-	parked   bool     // not read until a timer: inbound memory is over its bound
 	upgraded bool     // counted in Server.wsConns
 	overflow bool     // accepted past the fd limit: answered 503 (or /healthz 200), never upgraded
 	gotClose bool     // peer's close frame received
@@ -172,7 +172,7 @@ func (c *Conn) armLocked() {
 		return
 	}
 	var ev netpoll.EpollEvent = netpoll.EPOLLIN | netpoll.EPOLLRDHUP | netpoll.EPOLLONESHOT
-	if c.parked {
+	if c.parked.Load() {
 		ev = netpoll.EPOLLONESHOT // the park timer reschedules the task
 	}
 	if len(c.out) > 0 {

@@ -27,7 +27,9 @@ var readBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b 
 // bound, a connection that holds partial input is not read (parked, and
 // TCP pushes back on its sender) until memory frees up, and the others are
 // read a little at a time, so that no client can make the server buffer
-// more than the bound plus a small read per connection.
+// more than the bound plus a small read per connection. One connection at a
+// time (Server.grower) may grow past the bound until its partial input
+// completes, so that the parked ones cannot hold the memory for ever.
 
 // parkFor is how long a parked connection waits before it is read again.
 const parkFor = 20 * time.Millisecond
@@ -38,7 +40,7 @@ const smallRead = 512
 
 // readInput reads what the socket has, up to a budget, and consumes it.
 func (c *Conn) readInput() {
-	c.parked = false
+	c.parked.Store(false)
 	bp := readBufs.Get().(*[]byte)
 	defer readBufs.Put(bp)
 	c.takePartial() // given back at the end of the step (Conn.step)
@@ -48,12 +50,17 @@ func (c *Conn) readInput() {
 		var n int
 		var err error
 		limit := len(buf)
-		if c.srv.inboundOver() {
-			if len(c.part.in) > 0 || len(c.part.msg) > 0 {
+		if c.srv.inboundOver() && c.srv.grower.Load() != c {
+			if c.part.held == 0 {
+				limit = smallRead
+			} else if !c.srv.grower.CompareAndSwap(nil, c) {
 				c.park()
 				return
 			}
-			limit = smallRead
+			// Else this connection is the one that may grow past the
+			// bound until its partial input completes: memory frees up
+			// only when someone finishes a message, and if every holder
+			// of partial input were parked, none ever would.
 		}
 		if len(c.part.in) > 0 {
 			if want := max(c.part.need, len(c.part.in)+512); cap(c.part.in) < want {
@@ -101,7 +108,11 @@ func (c *Conn) readInput() {
 			// incomplete), and copy(c.part.in, rest) would silently drop its tail.
 			c.part.in = c.part.in[:copy(c.part.in[:cap(c.part.in)], rest)]
 		default: // data is the worker's buffer: keep the incomplete part
-			c.part.in = append(make([]byte, 0, max(c.part.need, len(rest)+512)), rest...)
+			reserve := max(c.part.need, len(rest)+512)
+			if limit == smallRead {
+				reserve = len(rest) // over the bound: keep what arrived, reserve nothing more
+			}
+			c.part.in = append(make([]byte, 0, reserve), rest...)
 		}
 		c.accountInbound()
 		if len(c.part.in) == 0 && n < limit {
@@ -164,12 +175,15 @@ func (c *Conn) accountInbound() {
 	if held := cap(p.in) + cap(p.msg); held != p.held {
 		c.srv.inbound.Add(int64(held - p.held))
 		p.held = held
+		if held == 0 {
+			c.srv.grower.CompareAndSwap(c, nil)
+		}
 	}
 }
 
 // park stops reading the connection for parkFor.
 func (c *Conn) park() {
-	c.parked = true
+	c.parked.Store(true)
 	c.srv.metrics.inboundParks.Inc()
 	time.AfterFunc(parkFor, c.schedule)
 }

@@ -173,6 +173,8 @@ func TestRoomsCreatedAndEmptiedInALoopLeaveNothingBehind(t *testing.T) {
 	g0, fd0, heap0 := settle()
 	cycle(1000)
 	waitUntil(t, "connections closed", func() bool { return s.nconns.Load() == 0 })
+	// Timers and client goroutines end a moment after the last close.
+	waitUntil(t, "goroutines back to where they were", func() bool { return runtime.NumGoroutine() <= g0 })
 	g1, fd1, heap1 := settle()
 	if s.hub.HistorySize() != 0 {
 		t.Errorf("%d history messages kept after every room emptied", s.hub.HistorySize())

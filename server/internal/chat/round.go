@@ -42,6 +42,7 @@ type rounds struct {
 	batchSeq    uint64
 	batchAt     int64        // queuedAt of the batch
 	pending     atomic.Int32 // fan-out tasks of the round not yet done
+	behind      atomic.Int32 // members the round left with output pending
 
 	// Round timing (unix nanos), touched only by whoever starts or ends the
 	// round in flight (never two at once).
@@ -49,6 +50,7 @@ type rounds struct {
 	end     int64
 	took    time.Duration
 	maxRest time.Duration // cap on the rest between rounds
+	lagging bool          // the last round left some member with output pending
 }
 
 // roundBufs are a room's broadcast buffers: a room that never carries a
@@ -105,6 +107,9 @@ func (r *rounds) enqueue(name, content string) error {
 		r.room.hub.metrics.BusyRejects.Inc()
 		return chatmsg.ErrServerBusy
 	}
+	// Joins and leaves summarized so far happened before this message:
+	// they go out first, as they would have one by one.
+	r.appendSummariesLocked()
 	r.enqueueLocked(name, content)
 	r.kickLocked()
 	return nil
@@ -170,12 +175,14 @@ func (r *rounds) next() {
 	h := r.room.hub
 	now := time.Now().UnixNano()
 	rest := min(r.took/2, r.maxRest)
-	// A room whose rounds are expensive (many members) keeps RoundInterval
+	// A room whose rounds are expensive (many members), or whose last round
+	// left members with output the kernel did not take, keeps RoundInterval
 	// between round starts: the messages of that time share one write per
-	// member. A cheap round costs little to repeat, so a small room is never
-	// held back: a conversation there sees no added latency.
+	// member, and readers that fell behind get time to catch up rather
+	// than a pile-up that evicts them. A cheap round that everyone took
+	// costs little to repeat, so a quiet small room is never held back.
 	var cycle time.Duration
-	if r.took >= paceAbove {
+	if r.took >= paceAbove || r.lagging {
 		cycle = h.cfg.RoundInterval
 	}
 	wait := max(cycle-time.Duration(now-r.start), rest-time.Duration(now-r.end))
@@ -297,6 +304,9 @@ func (t *fanout) Run() {
 		ok, w := s.t.Deliver(batch)
 		if ok {
 			n++
+			if w < len(batch) {
+				r.behind.Add(1)
+			}
 		}
 		written += w
 	}
@@ -316,6 +326,7 @@ func (r *rounds) shardDone() {
 	h := r.room.hub
 	r.end = time.Now().UnixNano()
 	r.took = time.Duration(r.end - r.start)
+	r.lagging = r.behind.Swap(0) > 0
 	h.metrics.BroadcastLatency.Observe(time.Duration(r.end - r.batchAt).Seconds())
 	h.metrics.Rounds.Inc()
 	h.rounds.Add(1)

@@ -84,6 +84,24 @@ func relFDExhaustion(t *testing.T, backoff bool) {
 		t.Errorf("client past the fd limit got status %d, want a clean 503", refusedCode)
 	}
 	t.Logf("ulimit -n %d: %d WebSocket clients accepted (plus the control), then refused; server fds %v", limit, len(open), p.fds())
+	if !backoff {
+		// Still out of fds: a liveness probe on a connection past the limit
+		// hears 200 (the server is full, not dead), an upgrade hears 503.
+		for i := range 2 {
+			if code := healthzPastLimit(t, p.addr); code != 200 {
+				t.Errorf("GET /healthz past the fd limit (try %d): status %d, want 200", i+1, code)
+			}
+			c, err := dialRaw(p.addr, nil)
+			if err != nil {
+				t.Fatalf("dial past the fd limit: %v", err)
+			}
+			code, err := c.status(time.Now().Add(timingBound(time.Second, 5*time.Second)))
+			c.nc.Close()
+			if code != 503 {
+				t.Errorf("upgrade past the fd limit (try %d): status %d (%v), want 503", i+1, code, err)
+			}
+		}
+	}
 	if len(open) < limit-16 {
 		t.Errorf("only %d connections under ulimit -n %d: refused far from the limit", len(open), limit)
 	}
@@ -422,4 +440,26 @@ func relStuck(t *testing.T) {
 			c.Close()
 		}
 	}
+}
+
+// healthzPastLimit sends GET /healthz on a fresh connection and returns
+// the status code (0 when no answer came).
+func healthzPastLimit(t *testing.T, addr string) int {
+	t.Helper()
+	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(timingBound(time.Second, 5*time.Second)))
+	if _, err := nc.Write([]byte("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")); err != nil {
+		return 0
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
+	if err != nil {
+		t.Logf("GET /healthz past the fd limit: %v", err)
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
