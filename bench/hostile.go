@@ -63,7 +63,6 @@ var hostileBurst, hostileRounds int
 // a reader goroutine that counts what arrives.
 type hclient struct {
 	id   int
-	name string
 	nc   net.Conn
 	br   *bufio.Reader
 	wmu  sync.Mutex

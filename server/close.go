@@ -17,6 +17,7 @@ var (
 	causeSlowConsumer = &wsframe.CloseCause{Code: ws.StatusPolicyViolation, Reason: "slow consumer", Label: "1008"}
 	causeJoinTimeout  = &wsframe.CloseCause{Code: ws.StatusPolicyViolation, Reason: "join timeout", Label: "1008"}
 	causeInternal     = &wsframe.CloseCause{Code: ws.StatusInternalServerError, Reason: "internal error", Label: "1011"}
+	causeTooSlow      = &wsframe.CloseCause{Code: ws.StatusPolicyViolation, Reason: "message too slow", Label: "1008"}
 	// causeDrop closes the socket at once, without a close handshake: the
 	// peer is gone, silent past its deadline, or the drain ran out of time.
 	causeDrop = &wsframe.CloseCause{Code: 1006, Label: "1006", Force: true}

@@ -48,6 +48,13 @@ func (k *keeper) run() {
 
 func (k *keeper) sweep(now int64) {
 	k.srv.overloaded() // samples the backlog, so that spikes apart never add up to "sustained"
+	if g := k.srv.grower.Load(); g != nil && now-k.srv.growerSince.Load() > int64(k.srv.cfg.HandshakeTimeout) {
+		// The one client allowed past the inbound bound has not finished its
+		// message in a handshake timeout: it may not hold everyone else up.
+		k.srv.metrics.timeouts.WithLabelValues("assembly").Inc()
+		g.requestClose(causeTooSlow)
+		k.srv.grower.CompareAndSwap(g, nil)
+	}
 	cfg := &k.srv.cfg
 	silent := int64(cfg.PingInterval + cfg.PongTimeout)
 	// A client silent for a ping interval is pinged. The sweep sees it up to

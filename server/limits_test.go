@@ -937,3 +937,31 @@ func limPresenceSummaries(t *testing.T) {
 	t.Run("N=3", func(t *testing.T) { run(t, 3) })
 	t.Run("N=1000", func(t *testing.T) { run(t, 1000) })
 }
+
+// The one client allowed past -max-inbound (so that parked clients can
+// finish) may not take that place and go silent: it is closed after a
+// handshake timeout, and the parked clients' messages go through.
+func TestInboundGrowerThatStallsIsClosed(t *testing.T) {
+	r := newRig(t, Config{MaxMessage: 64 << 10, MaxContent: 60 << 10, MaxInbound: 64 << 10, HandshakeTimeout: 300 * time.Millisecond})
+	content := strings.Repeat("v", 50<<10)
+	hog, victim := r.rawJoin("hog"), r.rawJoin("victim")
+	hogFrame := textFrame(fmt.Sprintf(`{"content":%q}`, strings.Repeat("h", 50<<10)))
+	victimFrame := textFrame(fmt.Sprintf(`{"content":%q}`, content))
+	// Each first part fits one 32 KiB read, so neither reads while over
+	// the bound until the hog's next byte.
+	hog.write(hogFrame[:30<<10])
+	eventually(t, 10*time.Second, "hog's partial frame buffered", func() bool { return r.s.inbound.Load() > 0 })
+	victim.write(victimFrame[:30<<10])
+	eventually(t, 10*time.Second, "inbound over its bound", r.s.inboundOver)
+	hog.write(hogFrame[30<<10 : 30<<10+1]) // read past the bound: hog takes the one place to grow
+	eventually(t, 10*time.Second, "hog is the grower", func() bool { return r.s.grower.Load() != nil })
+	victim.write(victimFrame[30<<10:]) // parked while hog holds the place, and hog goes silent
+	if code := hog.readClose(); code != 1008 {
+		t.Fatalf("stalled grower closed with %d, want 1008", code)
+	}
+	r.ctl.until(chatMsg{"victim", content}, 10*time.Second)
+	if n := counterValue(r.s.metrics.timeouts.WithLabelValues("assembly")); n != 1 {
+		t.Fatalf("assembly timeouts %v, want 1", n)
+	}
+	r.finish()
+}

@@ -70,7 +70,7 @@ func newMetrics(s *Server) *metrics {
 	m.disconnects = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "gochat", Name: "disconnects_total",
 		Help: "Connections closed, by WebSocket close code sent (1006: dropped without a close frame)."}, []string{"code"})
 	m.timeouts = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "gochat", Name: "timeouts_total",
-		Help: "Connections dropped by a deadline, by kind (handshake, join, pong, write: output pending and untouched for -write-timeout)."}, []string{"kind"})
+		Help: "Connections dropped by a deadline, by kind (handshake, join, pong, write: output pending and untouched for -write-timeout, assembly: a message held past -max-inbound not finished in -handshake-timeout)."}, []string{"kind"})
 	m.chat.BroadcastLatency = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: "gochat", Name: "broadcast_latency_seconds",
 		Help:    "Time from a message's publication to the end of its fan-out to every member.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 12)})
@@ -79,7 +79,7 @@ func newMetrics(s *Server) *metrics {
 	for _, code := range []string{"1000", "1001", "1002", "1003", "1006", "1007", "1008", "1009", "1011", "other"} {
 		m.disconnects.WithLabelValues(code)
 	}
-	for _, kind := range []string{"handshake", "join", "pong", "write"} {
+	for _, kind := range []string{"handshake", "join", "pong", "write", "assembly"} {
 		m.timeouts.WithLabelValues(kind)
 	}
 	gauge("connections", "Open connections owned by the reactor (handshaking, joining, joined, closing).",

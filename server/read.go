@@ -29,6 +29,8 @@ var readBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b 
 // read a little at a time, so that no client can make the server buffer
 // more than the bound plus a small read per connection. One connection at a
 // time (Server.grower) may grow past the bound until its partial input
+// completes, within a handshake timeout (the keeper closes a grower that
+// dawdles, so that a client cannot take the slot and go silent);
 // completes, so that the parked ones cannot hold the memory for ever.
 
 // parkFor is how long a parked connection waits before it is read again.
@@ -47,13 +49,15 @@ func (c *Conn) readInput() {
 	buf := *bp
 	for range 8 { // budget: then re-arm, so one client cannot hog a worker
 		var data []byte
-		var n int
+		var n, asked int
 		var err error
 		limit := len(buf)
 		if c.srv.inboundOver() && c.srv.grower.Load() != c {
 			if c.part.held == 0 {
 				limit = smallRead
-			} else if !c.srv.grower.CompareAndSwap(nil, c) {
+			} else if c.srv.grower.CompareAndSwap(nil, c) {
+				c.srv.growerSince.Store(time.Now().UnixNano())
+			} else {
 				c.park()
 				return
 			}
@@ -68,11 +72,13 @@ func (c *Conn) readInput() {
 				copy(grown, c.part.in)
 				c.part.in = grown
 			}
+			asked = cap(c.part.in) - len(c.part.in)
 			n, err = syscall.Read(c.fd, c.part.in[len(c.part.in):cap(c.part.in)])
 			if n > 0 {
 				data = c.part.in[:len(c.part.in)+n]
 			}
 		} else {
+			asked = limit
 			n, err = syscall.Read(c.fd, buf[:limit])
 			if n > 0 {
 				data = buf[:n]
@@ -115,7 +121,7 @@ func (c *Conn) readInput() {
 			c.part.in = append(make([]byte, 0, reserve), rest...)
 		}
 		c.accountInbound()
-		if len(c.part.in) == 0 && n < limit {
+		if n < asked {
 			return // short read: the socket is drained
 		}
 	}

@@ -66,7 +66,8 @@ type Server struct {
 	outbound atomic.Int64 // bytes pending in every Conn.out (write.go)
 	inbound  atomic.Int64 // bytes of every Conn's partial-input buffers (read.go)
 
-	grower atomic.Pointer[Conn] // the one Conn whose partial input may grow past MaxInbound (read.go)
+	grower      atomic.Pointer[Conn] // the one Conn whose partial input may grow past MaxInbound (read.go)
+	growerSince atomic.Int64         // unix nanos since grower took the slot
 
 	overloadSince atomic.Int64 // unix nanos since the pool backlog passed OverloadQueue; 0 when not
 
