@@ -62,10 +62,10 @@ var hostileBurst, hostileRounds int
 // hclient is a minimal chat client: gobwas/ws handshake, masked frames out,
 // a reader goroutine that counts what arrives.
 type hclient struct {
-	id   int
-	nc   net.Conn
-	br   *bufio.Reader
-	wmu  sync.Mutex
+	id  int
+	nc  net.Conn
+	br  *bufio.Reader
+	wmu sync.Mutex
 
 	chats     atomic.Uint64 // chat messages from the run's senders
 	lastAt    atomic.Int64  // unix nanos of the last counted frame
