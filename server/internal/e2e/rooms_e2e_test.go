@@ -242,7 +242,7 @@ func TestE2EResumeAfterTheServerIsKilled(t *testing.T) {
 	t.Logf("gochat stopped: %s", srv.stop(t, syscall.SIGKILL))
 	page.waitFor(t, "the page notices the lost connection",
 		`document.getElementById('status').textContent.includes('reconnecting')`)
-	srv = startGochat(t, gochatOpts{addr: addr})
+	startGochat(t, gochatOpts{addr: addr}) // the restarted server; its cleanup stops it
 	sender = joinChat(t, "ws://"+addr+"/ws?room=k", "sam")
 	for i := 6; i <= 10; i++ {
 		sender.send(fmt.Sprintf(`{"content":"k%d"}`, i))
