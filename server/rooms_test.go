@@ -291,6 +291,13 @@ func TestResumeWhileHistoryIsTrimmedNeverDuplicatesOrReorders(t *testing.T) {
 	first := p.readV2().ID
 	stop := make(chan struct{})
 	done := make(chan struct{})
+	go func() { // the publisher reads its echoes, so it never becomes a slow consumer
+		for {
+			if _, _, err := p.conn.Read(context.Background()); err != nil {
+				return
+			}
+		}
+	}()
 	go func() { // keeps publishing, so the 20-message ring turns over
 		defer close(done)
 		for i := 0; ; i++ {
