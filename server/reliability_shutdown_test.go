@@ -2,13 +2,6 @@ package server
 
 // RELIABILITY.md, shutdown (items 44-46).
 
-// TestReliability proves every item of RELIABILITY.md (1–46) with one
-// subtest named NN_short_name. Each adversarial subtest runs its own server
-// with a healthy control client that must still receive a chat message after
-// the attack, and waits until fds and goroutines are back to the baseline.
-// Items that need a real process (fd exhaustion under ulimit, kill -9 of a
-// client, SIGTERM with 10,000 clients, a second signal) are proven again in
-// ../reliability_process_test.go.
 
 import (
 	"bytes"
