@@ -2,7 +2,6 @@ package server
 
 // RELIABILITY.md, faults (items 39-43).
 
-
 import (
 	"bytes"
 	"context"

@@ -2,7 +2,6 @@ package server
 
 // RELIABILITY.md, framing (items 9-19).
 
-
 import (
 	"bytes"
 	"encoding/binary"

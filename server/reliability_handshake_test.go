@@ -2,7 +2,6 @@ package server
 
 // RELIABILITY.md, handshake and admission (items 1-8).
 
-
 import (
 	"bytes"
 	"context"

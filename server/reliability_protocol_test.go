@@ -2,7 +2,6 @@ package server
 
 // RELIABILITY.md, application protocol (items 20-32).
 
-
 import (
 	"bytes"
 	"encoding/json"

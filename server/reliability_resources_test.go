@@ -2,7 +2,6 @@ package server
 
 // RELIABILITY.md, backpressure and resources (items 33-38).
 
-
 import (
 	"bytes"
 	"fmt"

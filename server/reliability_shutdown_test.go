@@ -2,7 +2,6 @@ package server
 
 // RELIABILITY.md, shutdown (items 44-46).
 
-
 import (
 	"bytes"
 	"context"

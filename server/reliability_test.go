@@ -6,7 +6,7 @@ package server
 // the attack, and waits until fds and goroutines are back to the baseline.
 // Items that need a real process (fd exhaustion under ulimit, kill -9 of a
 // client, SIGTERM with 10,000 clients, a second signal) are proven again in
-// ../reliability_process_test.go.
+// internal/e2e/reliability_process_test.go.
 
 import (
 	"testing"
