@@ -206,21 +206,14 @@ func (c *client) handle(p []byte) {
 	}
 	switch bc.kind {
 	case kindBarrier:
-		if uint64(bc.seq) > c.barrier.Load() {
-			c.barrier.Store(uint64(bc.seq))
-		}
+		c.sawBarrier(bc.seq)
 	case kindMeasured:
-		now := c.f.now()
-		c.deliveries.Add(1)
-		c.lastDelivery = now
+		now := c.delivered()
 		if s := c.f.soak; s != nil {
 			s.measured(c, bc, now)
 			return
 		}
-		if c.hist == nil {
-			c.hist = hdrhistogram.New(1, histMax, histSigFigs)
-		}
-		c.hist.RecordValue(min(max((now-bc.ts)/1e3, 1), histMax))
+		c.recordLatency(now, bc.ts)
 		if c.f.senders > 0 && bc.sender < c.f.senders {
 			if c.lastSeq == nil {
 				c.lastSeq = make([]int32, c.f.senders)
@@ -237,6 +230,41 @@ func (c *client) handle(p []byte) {
 	}
 }
 
+// sawBarrier records barrier epoch seq if it is the latest c has seen.
+func (c *client) sawBarrier(seq int) {
+	if uint64(seq) > c.barrier.Load() {
+		c.barrier.Store(uint64(seq))
+	}
+}
+
+// delivered counts a measured message delivered to c and returns when.
+func (c *client) delivered() int64 {
+	now := c.f.now()
+	c.deliveries.Add(1)
+	c.lastDelivery = now
+	return now
+}
+
+// recordLatency records the latency of a message sent at ts and received
+// at now (fleet clock, ns) in microseconds, clamped to the histogram.
+func (c *client) recordLatency(now, ts int64) {
+	if c.hist == nil {
+		c.hist = hdrhistogram.New(1, histMax, histSigFigs)
+	}
+	c.hist.RecordValue(min(max((now-ts)/1e3, 1), histMax))
+}
+
+// markSeen sets bit i of the bitset seen and reports whether it was
+// already set (a duplicate).
+func markSeen(seen []uint64, i int) (dup bool) {
+	w, b := i/64, uint64(1)<<(i%64)
+	if seen[w]&b != 0 {
+		return true
+	}
+	seen[w] |= b
+	return false
+}
+
 // handleSystem accounts for a System notice or error.
 func (c *client) handleSystem(content []byte) {
 	switch {
@@ -247,12 +275,10 @@ func (c *client) handleSystem(content []byte) {
 		}
 		now := c.f.now()
 		if c.seen != nil {
-			w, b := id/64, uint64(1)<<(id%64)
-			if c.seen[w]&b != 0 {
+			if markSeen(c.seen, id) {
 				c.dupNotices++
 				return
 			}
-			c.seen[w] |= b
 		}
 		c.notices.Add(1)
 		c.lastNoticeAt = now

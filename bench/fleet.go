@@ -196,6 +196,24 @@ func (f *fleet) noteDialErr(err error) {
 	f.errMu.Unlock()
 }
 
+// splitClients sorts the clients into receivers (not slow, connected for
+// the whole run) and gone (disconnected), reusing the slices' storage, and
+// calls receiver for each receiver as it is added.
+func (f *fleet) splitClients(receivers, gone []*client, receiver func(*client)) (_, _ []*client) {
+	receivers, gone = receivers[:0], gone[:0]
+	for _, c := range f.clients {
+		switch {
+		case c.slow || !c.up.Load():
+		case c.dead.Load():
+			gone = append(gone, c)
+		default:
+			receivers = append(receivers, c)
+			receiver(c)
+		}
+	}
+	return receivers, gone
+}
+
 // alive reports clients that are connected and not disconnected.
 func (f *fleet) alive(c *client) bool { return c.up.Load() && !c.dead.Load() }
 
@@ -212,20 +230,31 @@ func (f *fleet) waitBarrier(ctx context.Context, sender *client) int {
 		if err := sender.sendBench(kindBarrier, epoch); err != nil {
 			return f.unconfirmed()
 		}
-		for range 4 {
-			select {
-			case <-ctx.Done():
-				return f.unconfirmed()
-			case <-time.After(50 * time.Millisecond):
-			}
-			if f.unconfirmed() == 0 {
-				return 0
-			}
-		}
-		if time.Now().After(deadline) {
-			return f.unconfirmed()
+		if left, done := f.awaitEpoch(ctx, deadline); done {
+			return left
 		}
 	}
+}
+
+// awaitEpoch gives the barrier epoch just sent 200 ms to reach every live
+// reading client, looking every 50 ms. done says the wait is over: every
+// client saw one (left is 0), ctx ended or deadline passed (left is how
+// many never did).
+func (f *fleet) awaitEpoch(ctx context.Context, deadline time.Time) (left int, done bool) {
+	for range 4 {
+		select {
+		case <-ctx.Done():
+			return f.unconfirmed(), true
+		case <-time.After(50 * time.Millisecond):
+		}
+		if f.unconfirmed() == 0 {
+			return 0, true
+		}
+	}
+	if time.Now().After(deadline) {
+		return f.unconfirmed(), true
+	}
+	return 0, false
 }
 
 func (f *fleet) unconfirmed() int {

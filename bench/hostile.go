@@ -214,6 +214,20 @@ type rssWatch struct {
 	done chan struct{}
 }
 
+// untilStopped calls step with 0, 1, 2, ... until stop is closed (looked
+// at before each call), then marks wg done.
+func untilStopped(wg *sync.WaitGroup, stop <-chan struct{}, step func(i int)) {
+	defer wg.Done()
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		step(i)
+	}
+}
+
 func watchRSS(pid int) *rssWatch {
 	w := &rssWatch{pid: pid, quit: make(chan struct{}), done: make(chan struct{})}
 	go func() {
@@ -484,53 +498,37 @@ func runFragmented(ctx context.Context, cfg *Config) (Result, error) {
 	var umu sync.Mutex
 	for _, ctl := range ctls {
 		mwg.Add(1)
-		go func() { // control echo, 8 per second (the default -rate is 10)
-			defer mwg.Done()
-			for seq := 0; ; seq++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				t := time.Now()
-				ctl.c.write(appendFrame(nil, ws.OpText, []byte(fmt.Sprintf(`{"content":"e%d"}`, seq))))
-				select {
-				case <-ctl.echoes:
-					umu.Lock()
-					echoAll = append(echoAll, obs{t, time.Since(t)})
-					umu.Unlock()
-				case <-time.After(10 * time.Second):
-					umu.Lock()
-					echoLost++
-					umu.Unlock()
-				}
-				time.Sleep(max(0, 125*time.Millisecond-time.Since(t)))
+		go untilStopped(&mwg, stop, func(seq int) { // control echo, 8 per second (the default -rate is 10)
+			t := time.Now()
+			ctl.c.write(appendFrame(nil, ws.OpText, []byte(fmt.Sprintf(`{"content":"e%d"}`, seq))))
+			select {
+			case <-ctl.echoes:
+				umu.Lock()
+				echoAll = append(echoAll, obs{t, time.Since(t)})
+				umu.Unlock()
+			case <-time.After(10 * time.Second):
+				umu.Lock()
+				echoLost++
+				umu.Unlock()
 			}
-		}()
+			time.Sleep(max(0, 125*time.Millisecond-time.Since(t)))
+		})
 	}
 	mwg.Add(4)
 	for g := range 4 {
-		go func() { // upgrades: dial, 101, close; four at a time
-			defer mwg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				t := time.Now()
-				c, err := hdial(ctx, cfg, n+1+4*i+g)
-				umu.Lock()
-				if err != nil {
-					upgradeFailed++
-				} else {
-					upAll = append(upAll, obs{t, time.Since(t)})
-					c.nc.Close()
-				}
-				umu.Unlock()
-				time.Sleep(5 * time.Millisecond)
+		go untilStopped(&mwg, stop, func(i int) { // upgrades: dial, 101, close; four at a time
+			t := time.Now()
+			c, err := hdial(ctx, cfg, n+1+4*i+g)
+			umu.Lock()
+			if err != nil {
+				upgradeFailed++
+			} else {
+				upAll = append(upAll, obs{t, time.Since(t)})
+				c.nc.Close()
 			}
-		}()
+			umu.Unlock()
+			time.Sleep(5 * time.Millisecond)
+		})
 	}
 	time.Sleep(200 * time.Millisecond) // a baseline before the blast
 	t0 := time.Now()
@@ -633,12 +631,10 @@ func runStorm20k(ctx context.Context, cfg *Config) (Result, error) {
 			if !strings.HasPrefix(nm, prefix) || err != nil || id >= n {
 				continue // not this run's
 			}
-			w, b := id/64, uint64(1)<<(id%64)
-			if c.seen[w]&b != 0 {
+			if markSeen(c.seen, id) {
 				c.dups.Add(1)
 				continue
 			}
-			c.seen[w] |= b
 			c.named.Add(1)
 			c.counted.Add(1)
 		}

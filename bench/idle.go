@@ -11,25 +11,23 @@ import (
 func runIdle(ctx context.Context, cfg *Config) (Result, error) {
 	res := Result{Scenario: "idle"}
 	f := newFleet(cfg, cfg.Conns)
-	smp := newSampler(cfg.PID, cfg.MetricsURL)
-	prog := startProgress(f, cfg.Progress)
-	defer prog.end()
-	defer f.closeAll()
+	run := startScenario(cfg, f)
+	defer run.close()
 
-	before := smp.sample(ctx)
-	if err := f.connectConfirmed(ctx, nil, prog, &res); err != nil {
+	run.open(ctx)
+	before := run.before
+	if err := f.connectConfirmed(ctx, nil, run.prog, &res); err != nil {
 		return res, err
 	}
 
-	prog.setPhase("hold")
+	run.prog.setPhase("hold")
 	select {
 	case <-ctx.Done():
 		return res, ctx.Err()
 	case <-time.After(cfg.Hold):
 	}
-	after := smp.sample(ctx)
+	after := run.window(ctx, &res)
 	alive, _, _, _ := f.totals()
-	res.serverWindow(before, after)
 	res.RSSBeforeBytes = before.RSS
 	if before.RSS != nil && after.RSS != nil && alive > 0 {
 		res.RSSPerConnBytes = ptr((float64(*after.RSS) - float64(*before.RSS)) / float64(alive))

@@ -13,8 +13,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/HdrHistogram/hdrhistogram-go"
 )
 
 // The rooms scenario (SPEC §8, issue #12) spreads the clients over many
@@ -208,29 +206,18 @@ func (r *roomsRun) handle(c *client, bc benchContent) {
 	}
 	switch bc.kind {
 	case kindBarrier:
-		if uint64(bc.seq) > c.barrier.Load() {
-			c.barrier.Store(uint64(bc.seq))
-		}
+		c.sawBarrier(bc.seq)
 	case kindMeasured:
-		now := c.f.now()
-		c.deliveries.Add(1)
-		c.lastDelivery = now
-		if c.hist == nil {
-			c.hist = hdrhistogram.New(1, histMax, histSigFigs)
-		}
-		c.hist.RecordValue(min(max((now-bc.ts)/1e3, 1), histMax))
+		c.recordLatency(c.delivered(), bc.ts)
 		slot, ms := int(r.slot[bc.sender]), r.maxSeq[own]
 		if slot < 0 || bc.seq < 1 || bc.seq > ms {
 			st.unexpected++
 			return
 		}
-		bit := slot*ms + bc.seq - 1
-		w, b := bit/64, uint64(1)<<(bit%64)
-		if st.seen[w]&b != 0 {
+		if markSeen(st.seen, slot*ms+bc.seq-1) {
 			st.dups++
 			return
 		}
-		st.seen[w] |= b
 		st.distinct.Add(1)
 	}
 }
@@ -316,18 +303,8 @@ func (r *roomsRun) waitBarriers(ctx context.Context) int {
 		if !pending {
 			return 0
 		}
-		for range 4 {
-			select {
-			case <-ctx.Done():
-				return f.unconfirmed()
-			case <-time.After(50 * time.Millisecond):
-			}
-			if f.unconfirmed() == 0 {
-				return 0
-			}
-		}
-		if time.Now().After(deadline) {
-			return f.unconfirmed()
+		if left, done := f.awaitEpoch(ctx, deadline); done {
+			return left
 		}
 	}
 }
@@ -361,29 +338,10 @@ func (r *roomsRun) sendAll(ctx context.Context) uint64 {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				t := time.NewTimer(time.Hour)
-				defer t.Stop()
-				next := start.Add(phase)
-				for seq := 1; seq <= r.maxSeq[k] && next.Before(end); seq++ {
-					t.Reset(time.Until(next))
-					select {
-					case <-ctx.Done():
-						return
-					case <-t.C:
-					}
-					if !f.alive(c) {
-						return
-					}
-					if err := c.sendBench(kindMeasured, seq); err != nil {
-						errs.Add(1)
-						if !isTimeout(err) {
-							return
-						}
-					} else {
-						c.sent.Add(1)
-					}
-					next = next.Add(interval)
-				}
+				f.sendPaced(ctx, c, start.Add(phase), end, interval, r.maxSeq[k], func(err error) bool {
+					errs.Add(1)
+					return !isTimeout(err)
+				})
 			}()
 		}
 	}
@@ -406,18 +364,10 @@ func (r *roomsRun) expectedOf(id int32) uint64 {
 // and gone (disconnected), in one pass like runTraffic, and sums what the
 // receivers are owed and have received.
 func (r *roomsRun) judge(receivers, gone []*client) (_, _ []*client, expected, distinct uint64) {
-	receivers, gone = receivers[:0], gone[:0]
-	for _, c := range r.f.clients {
-		switch {
-		case c.slow || !c.up.Load():
-		case c.dead.Load():
-			gone = append(gone, c)
-		default:
-			receivers = append(receivers, c)
-			expected += r.expectedOf(int32(c.id))
-			distinct += r.st[c.id].distinct.Load()
-		}
-	}
+	receivers, gone = r.f.splitClients(receivers, gone, func(c *client) {
+		expected += r.expectedOf(int32(c.id))
+		distinct += r.st[c.id].distinct.Load()
+	})
 	return receivers, gone, expected, distinct
 }
 
@@ -437,25 +387,17 @@ func runRoomsWith(ctx context.Context, cfg *Config, tweak func(*roomsRun)) (Resu
 	if tweak != nil {
 		tweak(r)
 	}
-	smp := newSampler(cfg.PID, cfg.MetricsURL)
-	prog := startProgress(f, cfg.Progress)
-	defer prog.end()
-	defer f.closeAll()
+	run := startScenario(cfg, f)
+	defer run.close()
 
-	if err := f.connectConfirmed(ctx, nil, prog, &res); err != nil {
+	start, err := run.startSending(ctx, nil, &res)
+	if err != nil {
 		return res, err
 	}
-
-	prog.setPhase("send")
-	before := smp.sample(ctx)
-	start := f.now()
 	res.SendErrors = r.sendAll(ctx)
-	if err := ctx.Err(); err != nil {
+	if err := run.startDraining(ctx, &res); err != nil {
 		return res, err
 	}
-
-	prog.setPhase("drain")
-	res.Sent = f.sentTotal()
 	var receivers, gone []*client
 	var expected, distinct uint64
 	deadline := time.Now().Add(cfg.Drain)
@@ -466,10 +408,8 @@ func runRoomsWith(ctx context.Context, cfg *Config, tweak func(*roomsRun)) (Resu
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	after := smp.sample(ctx)
-	res.serverWindow(before, after)
-	prog.end()
-	f.closeAll()
+	run.window(ctx, &res)
+	run.stop()
 
 	r.account(&res, receivers, gone, start)
 	return res, roomsVerdict(&res)

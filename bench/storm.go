@@ -27,19 +27,17 @@ func runStorm(ctx context.Context, cfg *Config) (Result, error) {
 	c2.storm = true
 	cfg = &c2
 	f := newFleet(cfg, cfg.Conns)
-	smp := newSampler(cfg.PID, cfg.MetricsURL)
-	prog := startProgress(f, cfg.Progress)
-	defer prog.end()
-	defer f.closeAll()
+	run := startScenario(cfg, f)
+	defer run.close()
 
-	before := smp.sample(ctx)
+	run.open(ctx)
 	start := f.now()
 	err := f.connect(ctx, nil)
 	res.fillConnect(f)
 	if err != nil {
 		return res, err
 	}
-	prog.setPhase("notices")
+	run.prog.setPhase("notices")
 	var alive []*client
 	var total, last uint64
 	lastChange := time.Now()
@@ -62,10 +60,8 @@ func runStorm(ctx context.Context, cfg *Config) (Result, error) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	after := smp.sample(ctx)
-	res.serverWindow(before, after)
-	prog.end()
-	f.closeAll()
+	run.window(ctx, &res)
+	run.stop()
 	if err := ctx.Err(); err != nil {
 		return res, err
 	}

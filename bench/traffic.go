@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"sync"
 	"time"
@@ -50,43 +51,25 @@ func runTraffic(ctx context.Context, cfg *Config, scenario string, slow int) (Re
 	f := newFleet(cfg, cfg.Conns)
 	f.senders = cfg.Senders
 	isSlow := func(id int) bool { return id >= cfg.Conns-slow }
-	smp := newSampler(cfg.PID, cfg.MetricsURL)
-	prog := startProgress(f, cfg.Progress)
-	defer prog.end()
-	defer f.closeAll()
+	run := startScenario(cfg, f)
+	defer run.close()
 
-	if err := f.connectConfirmed(ctx, isSlow, prog, &res); err != nil {
+	start, err := run.startSending(ctx, isSlow, &res)
+	if err != nil {
 		return res, err
 	}
-
-	prog.setPhase("send")
-	before := smp.sample(ctx)
-	start := f.now()
 	sendErrs := f.sendAll(ctx, cfg)
-	if err := ctx.Err(); err != nil {
+	if err := run.startDraining(ctx, &res); err != nil {
 		return res, err
 	}
-
-	prog.setPhase("drain")
-	res.Sent = f.sentTotal()
 	// Receivers, their deliveries and the disconnected clients are judged
 	// in one pass, so a client is either a receiver for the whole measured
 	// window or a disconnect, never both.
 	var receivers, gone []*client
 	deadline := time.Now().Add(cfg.Drain)
 	for {
-		receivers, gone = receivers[:0], gone[:0]
 		var del uint64
-		for _, c := range f.clients {
-			switch {
-			case c.slow || !c.up.Load():
-			case c.dead.Load():
-				gone = append(gone, c)
-			default:
-				receivers = append(receivers, c)
-				del += c.deliveries.Load()
-			}
-		}
+		receivers, gone = f.splitClients(receivers, gone, func(c *client) { del += c.deliveries.Load() })
 		res.Receivers, res.Deliveries = len(receivers), del
 		res.Expected = res.Sent * uint64(len(receivers))
 		if del >= res.Expected || time.Now().After(deadline) || ctx.Err() != nil {
@@ -94,14 +77,12 @@ func runTraffic(ctx context.Context, cfg *Config, scenario string, slow int) (Re
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	after := smp.sample(ctx)
-	res.serverWindow(before, after)
+	run.window(ctx, &res)
 	if slow > 0 {
-		prog.setPhase("probe slow")
+		run.prog.setPhase("probe slow")
 		probeSlow(f, cfg.Drain)
 	}
-	prog.end()
-	f.closeAll()
+	run.stop()
 
 	res.SendErrors = sendErrs
 	res.Lost = int64(res.Expected) - int64(res.Deliveries)
@@ -156,31 +137,13 @@ func (f *fleet) sendAll(ctx context.Context, cfg *Config) uint64 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			t := time.NewTimer(time.Hour)
-			defer t.Stop()
-			next := start.Add(interval * time.Duration(i) / time.Duration(cfg.Senders))
-			for seq := 1; next.Before(end); seq++ {
-				t.Reset(time.Until(next))
-				select {
-				case <-ctx.Done():
-					return
-				case <-t.C:
-				}
-				if !f.alive(c) {
-					return
-				}
-				if err := c.sendBench(kindMeasured, seq); err != nil {
-					errs[i]++
-					// soak: a half-written frame would leave a gap in
-					// the sequence that no receiver could be blamed for.
-					if !isTimeout(err) || f.soak != nil {
-						return
-					}
-				} else {
-					c.sent.Add(1)
-				}
-				next = next.Add(interval)
-			}
+			first := start.Add(interval * time.Duration(i) / time.Duration(cfg.Senders))
+			f.sendPaced(ctx, c, first, end, interval, math.MaxInt, func(err error) bool {
+				errs[i]++
+				// soak: a half-written frame would leave a gap in
+				// the sequence that no receiver could be blamed for.
+				return !isTimeout(err) || f.soak != nil
+			})
 		}()
 	}
 	wg.Wait()
@@ -227,4 +190,33 @@ func probeSlow(f *fleet, wait time.Duration) {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// sendPaced sends c's measured messages 1, 2, ... up to lastSeq, the first
+// at first and then one every interval, while the next is due before end.
+// It stops when ctx ends or c is no longer alive, and after a failed send
+// when failed (which counts the failure) says to.
+func (f *fleet) sendPaced(ctx context.Context, c *client, first, end time.Time, interval time.Duration, lastSeq int, failed func(error) (stop bool)) {
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	next := first
+	for seq := 1; seq <= lastSeq && next.Before(end); seq++ {
+		t.Reset(time.Until(next))
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !f.alive(c) {
+			return
+		}
+		if err := c.sendBench(kindMeasured, seq); err != nil {
+			if failed(err) {
+				return
+			}
+		} else {
+			c.sent.Add(1)
+		}
+		next = next.Add(interval)
+	}
 }
