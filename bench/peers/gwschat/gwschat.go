@@ -16,13 +16,13 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/lxzan/gws"
 
 	"gochat/bench/peers/chat"
+	"gochat/bench/peers/internal/chatroom"
 )
 
 const (
@@ -38,10 +38,8 @@ const (
 // member is a connection's state, installed as its gws session so the
 // handlers reach it with a type assertion instead of a map lookup.
 type member struct {
+	chatroom.Member
 	socket *gws.Conn
-	name   string
-	joined bool
-	idx    int // position in room.members while joined
 
 	enqueued atomic.Int64 // bytes queued for this member so far
 	written  atomic.Int64 // bytes known written (advanced by markers)
@@ -55,35 +53,21 @@ func (m *member) Delete(string)                      {}
 func (m *member) Store(string, any)                  {}
 func (m *member) Range(func(key string, v any) bool) {}
 
-type room struct {
-	presence bool
-	names    chat.Names
-	mu       sync.RWMutex
-	members  []*member
+// chatroom.Conn
+func (m *member) Reject(errText string) {
+	m.socket.WriteMessage(gws.OpcodeText, chat.Error(errText))
+	m.socket.WriteClose(chat.CloseBadJoin, nil)
 }
-
-func (r *room) add(m *member) {
-	r.mu.Lock()
-	m.idx = len(r.members)
-	r.members = append(r.members, m)
-	r.mu.Unlock()
-}
-
-func (r *room) remove(m *member) {
-	r.mu.Lock()
-	last := r.members[len(r.members)-1]
-	r.members[m.idx] = last
-	last.idx = m.idx
-	r.members = r.members[:len(r.members)-1]
-	r.mu.Unlock()
+func (m *member) SetReadDeadline(t time.Time) error { return m.socket.SetReadDeadline(t) }
+func (m *member) SendError(errText string) {
+	m.socket.WriteAsync(gws.OpcodeText, chat.Error(errText), nil)
 }
 
 // publish frames payload once and queues it for every member.
-func (r *room) publish(payload []byte) {
+func publish(members []*member, payload []byte) {
 	b := gws.NewBroadcaster(gws.OpcodeText, payload)
 	n := int64(len(payload) + 4)
-	r.mu.RLock()
-	for _, m := range r.members {
+	for _, m := range members {
 		q := m.enqueued.Add(n)
 		if q-m.written.Load() > sendQueue {
 			m.socket.NetConn().Close() // slow consumer: the read loop ends and OnClose removes it
@@ -94,7 +78,6 @@ func (r *room) publish(payload []byte) {
 			m.socket.Async(func() { advance(&m.written, q) })
 		}
 	}
-	r.mu.RUnlock()
 	_ = b.Close()
 }
 
@@ -109,7 +92,7 @@ func advance(v *atomic.Int64, to int64) {
 
 type handler struct {
 	gws.BuiltinEventHandler
-	room *room
+	room *chatroom.Room[*member]
 }
 
 func (h *handler) OnOpen(socket *gws.Conn) {
@@ -118,48 +101,12 @@ func (h *handler) OnOpen(socket *gws.Conn) {
 }
 
 func (h *handler) OnClose(socket *gws.Conn, err error) {
-	m := socket.Session().(*member)
-	if !m.joined {
-		return
-	}
-	h.room.remove(m)
-	h.room.names.Release(m.name)
-	if h.room.presence {
-		h.room.publish(chat.Left(m.name))
-	}
+	h.room.Close(socket.Session().(*member))
 }
 
 func (h *handler) OnMessage(socket *gws.Conn, msg *gws.Message) {
 	defer msg.Close()
-	m := socket.Session().(*member)
-	if !m.joined {
-		name, content, bad := chat.Join(msg.Bytes())
-		if bad == "" && !h.room.names.Claim(name) {
-			bad = "Username is already taken"
-		}
-		if bad != "" {
-			socket.WriteMessage(gws.OpcodeText, chat.Error(bad))
-			socket.WriteClose(chat.CloseBadJoin, nil)
-			return
-		}
-		socket.SetReadDeadline(time.Time{})
-		m.name, m.joined = name, true
-		h.room.add(m)
-		if content != "" {
-			h.room.publish(chat.Encode(name, content))
-		}
-		if h.room.presence {
-			h.room.publish(chat.Joined(name))
-		}
-		return
-	}
-	content, bad := chat.Chat(msg.Bytes())
-	switch {
-	case bad != "":
-		socket.WriteAsync(gws.OpcodeText, chat.Error(bad), nil)
-	case content != "":
-		h.room.publish(chat.Encode(m.name, content))
-	}
+	h.room.Message(socket.Session().(*member), msg.Bytes())
 }
 
 // Start serves the chat on addr (/ws, /healthz) until stop is called.
@@ -171,7 +118,7 @@ func Start(addr string, presence bool) (stop func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	h := &handler{room: &room{presence: presence}}
+	h := &handler{room: chatroom.New(presence, publish)}
 	up := gws.NewUpgrader(h, &gws.ServerOption{
 		ReadMaxPayloadSize: chat.MaxMessage,
 		CheckUtf8Enabled:   true,

@@ -15,7 +15,6 @@ import (
 	"context"
 	"net/http"
 	"runtime"
-	"sync"
 	"time"
 
 	"github.com/lesismal/nbio/logging"
@@ -23,6 +22,7 @@ import (
 	"github.com/lesismal/nbio/nbhttp/websocket"
 
 	"gochat/bench/peers/chat"
+	"gochat/bench/peers/internal/chatroom"
 )
 
 const (
@@ -31,92 +31,31 @@ const (
 )
 
 type member struct {
-	c      *websocket.Conn
-	name   string
-	joined bool
-	idx    int
+	chatroom.Member
+	c *websocket.Conn
 }
 
-type room struct {
-	presence bool
-	names    chat.Names
-	mu       sync.RWMutex
-	members  []*member
+// chatroom.Conn
+func (m *member) Reject(errText string) {
+	m.c.WriteMessage(websocket.TextMessage, chat.Error(errText))
+	m.c.WriteClose(chat.CloseBadJoin, "")
+	m.c.SetReadDeadline(time.Now().Add(2 * time.Second)) // for the client's close reply
+}
+func (m *member) SetReadDeadline(t time.Time) error { return m.c.SetReadDeadline(t) }
+func (m *member) SendError(errText string) {
+	m.c.WriteMessage(websocket.TextMessage, chat.Error(errText))
 }
 
-func (r *room) add(m *member) {
-	r.mu.Lock()
-	m.idx = len(r.members)
-	r.members = append(r.members, m)
-	r.mu.Unlock()
-}
-
-func (r *room) remove(m *member) {
-	r.mu.Lock()
-	last := r.members[len(r.members)-1]
-	r.members[m.idx] = last
-	last.idx = m.idx
-	r.members = r.members[:len(r.members)-1]
-	r.mu.Unlock()
-}
-
-func (r *room) publish(payload []byte) {
-	r.mu.RLock()
-	for _, m := range r.members {
+func publish(members []*member, payload []byte) {
+	for _, m := range members {
 		_ = m.c.WriteMessage(websocket.TextMessage, payload)
-	}
-	r.mu.RUnlock()
-}
-
-func (r *room) onMessage(c *websocket.Conn, _ websocket.MessageType, data []byte) {
-	m := c.Session().(*member)
-	if !m.joined {
-		name, content, bad := chat.Join(data)
-		if bad == "" && !r.names.Claim(name) {
-			bad = "Username is already taken"
-		}
-		if bad != "" {
-			c.WriteMessage(websocket.TextMessage, chat.Error(bad))
-			c.WriteClose(chat.CloseBadJoin, "")
-			c.SetReadDeadline(time.Now().Add(2 * time.Second)) // for the client's close reply
-			return
-		}
-		c.SetReadDeadline(time.Time{})
-		m.name, m.joined = name, true
-		r.add(m)
-		if content != "" {
-			r.publish(chat.Encode(name, content))
-		}
-		if r.presence {
-			r.publish(chat.Joined(name))
-		}
-		return
-	}
-	content, bad := chat.Chat(data)
-	switch {
-	case bad != "":
-		c.WriteMessage(websocket.TextMessage, chat.Error(bad))
-	case content != "":
-		r.publish(chat.Encode(m.name, content))
-	}
-}
-
-func (r *room) onClose(c *websocket.Conn, _ error) {
-	m, _ := c.Session().(*member)
-	if m == nil || !m.joined {
-		return
-	}
-	r.remove(m)
-	r.names.Release(m.name)
-	if r.presence {
-		r.publish(chat.Left(m.name))
 	}
 }
 
 // Start serves the chat on addr (/ws, /healthz) until stop is called.
 func Start(addr string, presence bool) (stop func(), err error) {
 	logging.SetLevel(logging.LevelError)
-	r := &room{presence: presence}
+	r := chatroom.New(presence, publish)
 	up := websocket.NewUpgrader()
 	up.CheckOrigin = func(*http.Request) bool { return true }
 	up.KeepaliveTime = 0 // no idle read deadline after the join, as in the other servers
@@ -125,8 +64,14 @@ func Start(addr string, presence bool) (stop func(), err error) {
 		c.SetSession(&member{c: c})
 		c.SetReadDeadline(time.Now().Add(joinWait))
 	})
-	up.OnMessage(r.onMessage)
-	up.OnClose(r.onClose)
+	up.OnMessage(func(c *websocket.Conn, _ websocket.MessageType, data []byte) {
+		r.Message(c.Session().(*member), data)
+	})
+	up.OnClose(func(c *websocket.Conn, _ error) {
+		if m, _ := c.Session().(*member); m != nil {
+			r.Close(m)
+		}
+	})
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
