@@ -154,6 +154,7 @@ func (s *Server) register(fd int, overflow bool) {
 	c := newConn(s, fd, time.Now().UnixNano())
 	c.overflow = overflow
 	s.nconns.Add(1)
+	s.accepted.Add(1)
 	s.metrics.accepted.Inc()
 	s.conns.add(c)
 	if err := s.ep.Add(fd, netpoll.EPOLLIN|netpoll.EPOLLRDHUP|netpoll.EPOLLONESHOT, c.onEvent); err != nil {

@@ -10,10 +10,11 @@ import (
 // handshake, join and close-linger deadlines, sends due pings, and drops
 // peers silent for longer than PingInterval+PongTimeout.
 type keeper struct {
-	srv  *Server
-	once sync.Once
-	quit chan struct{}
-	done chan struct{}
+	srv     *Server
+	release releaser
+	once    sync.Once
+	quit    chan struct{}
+	done    chan struct{}
 }
 
 // tick is the sweep period: fine enough for the shortest configured
@@ -48,6 +49,7 @@ func (k *keeper) run() {
 
 func (k *keeper) sweep(now int64) {
 	k.srv.overloaded() // samples the backlog, so that spikes apart never add up to "sustained"
+	k.release.check(k.srv, now)
 	if g := k.srv.grower.Load(); g != nil && now-k.srv.growerSince.Load() > int64(k.srv.cfg.HandshakeTimeout) {
 		// The one client allowed past the inbound bound has not finished its
 		// message in a handshake timeout: it may not hold everyone else up.

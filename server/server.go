@@ -60,11 +60,12 @@ type Server struct {
 	accept  acceptor
 	keeper  keeper
 
-	draining atomic.Bool  // shutdown started: refuse upgrades, no leave notices
-	nconns   atomic.Int64 // connections owned by the reactor
-	wsConns  atomic.Int64 // upgraded connections, for MaxConns
-	outbound atomic.Int64 // bytes pending in every Conn.out (write.go)
-	inbound  atomic.Int64 // bytes of every Conn's partial-input buffers (read.go)
+	draining atomic.Bool   // shutdown started: refuse upgrades, no leave notices
+	nconns   atomic.Int64  // connections owned by the reactor
+	accepted atomic.Uint64 // connections ever accepted (the keeper's releaser watches it)
+	wsConns  atomic.Int64  // upgraded connections, for MaxConns
+	outbound atomic.Int64  // bytes pending in every Conn.out (write.go)
+	inbound  atomic.Int64  // bytes of every Conn's partial-input buffers (read.go)
 
 	grower      atomic.Pointer[Conn] // the one Conn whose partial input may grow past MaxInbound (read.go)
 	growerSince atomic.Int64         // unix nanos since grower took the slot
