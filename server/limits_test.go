@@ -976,16 +976,16 @@ func TestInboundGrowerThatStallsIsClosed(t *testing.T) {
 // to the OS once (the keeper's releaser), not while the server is busy.
 func TestQuietServerReleasesMemoryOnce(t *testing.T) {
 	s := startServer(t, Config{})
-	before := counterValue(s.metrics.memoryReleases)
+	before := counterValue(s.metrics.idleCollections)
 	c := join(t, s.url, "storm")
 	c.send(`{"content":"activity"}`)
 	c.waitFor(chatMsg{"storm", "activity"})
 	eventually(t, 10*time.Second, "memory released after the quiet spell", func() bool {
-		return counterValue(s.metrics.memoryReleases) > before
+		return counterValue(s.metrics.idleCollections) > before
 	})
-	released := counterValue(s.metrics.memoryReleases)
+	released := counterValue(s.metrics.idleCollections)
 	time.Sleep(3 * quietRelease / 2) // still quiet: no second release
-	if got := counterValue(s.metrics.memoryReleases); got != released {
+	if got := counterValue(s.metrics.idleCollections); got != released {
 		t.Fatalf("released %v times in one quiet spell", got-before)
 	}
 }

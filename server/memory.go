@@ -33,5 +33,5 @@ func (r *releaser) check(s *Server, now int64) {
 	}
 	r.released = true
 	debug.FreeOSMemory()
-	s.metrics.memoryReleases.Inc()
+	s.metrics.idleCollections.Inc()
 }

@@ -29,7 +29,7 @@ type metrics struct {
 	panics           prometheus.Counter
 	inboundParks     prometheus.Counter
 	fullHealthz      prometheus.Counter
-	memoryReleases   prometheus.Counter
+	idleCollections  prometheus.Counter
 	disconnects      *prometheus.CounterVec
 	timeouts         *prometheus.CounterVec
 }
@@ -65,7 +65,7 @@ func newMetrics(s *Server) *metrics {
 	m.chat.Replayed = counter("replayed_total", "Messages replayed to joining clients (?history=N, ?since=ID).")
 	m.chat.Gaps = counter("resume_gaps_total", "Resumes (?since=ID) that history no longer reached back to; the client was told.")
 	m.chat.BusyRejects = counter("busy_rejects_total", "Messages refused because the broadcast queue was full.")
-	m.memoryReleases = counter("memory_releases_total", "Times the server gave freed memory back to the OS after going quiet (no new connection, no broadcast) for 2 s.")
+	m.idleCollections = counter("idle_collections_total", "Times the server gave freed memory back to the OS after going quiet (no new connection, no broadcast) for 2 s.")
 	m.fullHealthz = counter("full_healthz_total", "/healthz requests answered 200 on the reserve fd while the process was out of fds.")
 	m.inboundParks = counter("inbound_parks_total", "Times a client with partial input was not read because inbound memory was over -max-inbound.")
 	m.panics = counter("handler_panics_total", "Panics in message handling (connection closed 1011).")
