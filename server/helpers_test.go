@@ -316,3 +316,17 @@ func timingBound(t testing.TB, exceeded bool, format string, args ...any) {
 	}
 	t.Errorf(format, args...)
 }
+
+// startUnmanaged starts a server with the default config that the test
+// shuts down itself (startServer's cleanup would do it for it); served
+// receives Serve's result.
+func startUnmanaged(t testing.TB) (*testServer, chan error) {
+	t.Helper()
+	s, err := New(Config{Addr: "127.0.0.1:0"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve() }()
+	return &testServer{Server: s, url: "ws://" + s.Addr().String() + "/ws", base: "http://" + s.Addr().String()}, served
+}

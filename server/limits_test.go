@@ -725,14 +725,8 @@ func limOverloadSpikes(t *testing.T) {
 // Shutdown waits only for the WebSocket clients it closes: connections
 // that keep arriving during the drain never hold it up.
 func limDrainWhileConnecting(t *testing.T) {
-	cfg := Config{Addr: "127.0.0.1:0"}
-	s, err := New(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- s.Serve() }()
-	ts := &testServer{Server: s, url: "ws://" + s.Addr().String() + "/ws", base: "http://" + s.Addr().String()}
+	ts, served := startUnmanaged(t)
+	s := ts.Server
 	for i := range 5 {
 		newCtrl(t, ts.url, fmt.Sprintf("d%d", i))
 	}
@@ -769,7 +763,7 @@ func limDrainWhileConnecting(t *testing.T) {
 	eventually(t, 10*time.Second, "connections arriving", func() bool { return opened.Load() > 20 })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err = s.Shutdown(ctx)
+	err := s.Shutdown(ctx)
 	n := opened.Load()
 	close(stop)
 	wg.Wait()

@@ -224,14 +224,8 @@ func TestKeepalivePingsKeepAResponsiveClient(t *testing.T) {
 }
 
 func TestShutdownSends1001WithoutLeaveNoticesAndRefusesNewClients(t *testing.T) {
-	cfg := Config{Addr: "127.0.0.1:0"}
-	s, err := New(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- s.Serve() }()
-	ts := &testServer{Server: s, url: "ws://" + s.Addr().String() + "/ws", base: "http://" + s.Addr().String()}
+	ts, served := startUnmanaged(t)
+	s := ts.Server
 	var raws []*rawConn
 	for i := range 5 {
 		raws = append(raws, joinRaw(t, ts, fmt.Sprintf("r%d", i)))
