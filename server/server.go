@@ -107,8 +107,13 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	s.metrics = newMetrics(s)
 	var relay chat.Relay // stays a nil interface on a single node
 	if cfg.NATS != "" {
-		inbound := func(room, name, content []byte) error { return s.hub.PublishRemote(room, name, content) }
-		if s.relay, err = natsrelay.New(natsrelay.Config{URL: cfg.NATS, Subject: cfg.NATSSubject}, inbound, s.metrics.reg, log); err != nil {
+		if s.relay, err = natsrelay.New(natsrelay.Config{
+			URL:        cfg.NATS,
+			Subject:    cfg.NATSSubject,
+			MaxContent: cfg.MaxContent,
+			History:    max(cfg.History, 0),
+			HistoryAge: cfg.HistoryAge,
+		}, s.metrics.reg, log); err != nil {
 			s.pool.Close()
 			return nil, err
 		}
@@ -132,6 +137,9 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 		HistoryAge:      cfg.HistoryAge,
 		OutboundFull:    func() bool { return s.outbound.Load() > int64(cfg.MaxOutbound) },
 	}, s.pool, &s.metrics.chat, relay, log)
+	if s.relay != nil {
+		s.relay.Start(s.hub)
+	}
 	fail := func(err error) (*Server, error) {
 		if s.relay != nil {
 			s.relay.Close()

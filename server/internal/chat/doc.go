@@ -8,7 +8,7 @@
 // the session speaks back only through the small Transport interface
 // (deliver a batch, send a frame, close with a cause). The hub hands what it
 // accepts to a Relay, if there is one, and takes what other nodes publish
-// through PublishRemote. Nothing here knows about sockets or NATS.
+// through Deliver (relay.go). Nothing here knows about sockets or NATS.
 //
 // Lock order: Hub.mu alone; in a room, namesMu, then rounds.qmu, then
 // membersMu. Transport.Send is called with namesMu and qmu held (the

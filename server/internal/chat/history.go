@@ -34,6 +34,9 @@ type entry struct {
 
 func (hs *history) init(h *Hub) {
 	*hs = history{hub: h, floor: h.ids.last.Load()}
+	if h.relay != nil {
+		hs.floor = 0 // the relay tells what the cluster forgot (Hub.Load, Hub.Forget)
+	}
 }
 
 // push makes room for message id and returns its entry to fill, or nil if

@@ -101,21 +101,40 @@ func NewHub(cfg Config, p *pool.Pool, m *Metrics, relay Relay, log *slog.Logger)
 }
 
 // Acquire returns the room called name, creating it if it does not exist,
-// and holds it for one session (released by Session.Leave).
+// and holds it for one session (released by Session.Leave). In a cluster,
+// a room new on this node first loads its recent history (bounded by
+// watchWait; a room the cluster cannot serve now starts empty).
 func (h *Hub) Acquire(name []byte) (*Room, error) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	r := h.rooms[string(name)] // no allocation for the lookup
 	if r == nil {
 		if len(h.rooms) >= h.cfg.MaxRooms {
+			h.mu.Unlock()
 			return nil, ErrTooManyRooms
 		}
 		r = newRoom(h, string(name))
 		h.rooms[r.name] = r
+		if h.relay != nil {
+			r.loaded = h.relay.Watch(r.name)
+		}
 	}
 	r.refs++
+	loaded := r.loaded
+	h.mu.Unlock()
+	if loaded != nil {
+		t := time.NewTimer(watchWait)
+		select {
+		case <-loaded:
+		case <-t.C:
+		}
+		t.Stop()
+	}
 	return r, nil
 }
+
+// watchWait bounds how long a client joining a room new on this node
+// waits for the room's history from the cluster.
+const watchWait = 2 * time.Second
 
 // Release drops a hold on r taken by Acquire for a session that never
 // started (Session.Leave releases the others).
@@ -128,6 +147,9 @@ func (h *Hub) release(r *Room) {
 	free := r.refs == 0
 	if free {
 		delete(h.rooms, r.name)
+		if h.relay != nil {
+			h.relay.Unwatch(r.name)
+		}
 	}
 	h.mu.Unlock()
 	if free {
@@ -157,8 +179,31 @@ func (h *Hub) Rounds() uint64 { return h.rounds.Load() }
 func (h *Hub) SetMaxRest(d time.Duration) { h.maxRest = d }
 
 // Drain stops join and leave notices: the server is shutting down and
-// every client is about to get close 1001 instead.
-func (h *Hub) Drain() { h.draining.Store(true) }
+// every client here is about to get close 1001 instead. In a cluster the
+// other nodes' members are told at once that this node's members left:
+// one notice each, or one summary per room in a room too large for those.
+func (h *Hub) Drain() {
+	if h.draining.Swap(true) || h.relay == nil || !h.cfg.Presence {
+		return
+	}
+	for _, r := range h.snapshot() {
+		r.namesMu.Lock()
+		names := make([]string, len(r.members))
+		for i, s := range r.members {
+			names[i] = s.name
+		}
+		r.namesMu.Unlock()
+		switch {
+		case len(names) == 0:
+		case len(names) > h.cfg.PresenceSummary:
+			_ = h.relay.Publish(r.name, &Message{Kind: KindLeft, Count: len(names), Name: names[0], Name2: names[1]})
+		default:
+			for _, name := range names {
+				_ = h.relay.Publish(r.name, &Message{Kind: KindLeft, Count: 1, Name: name})
+			}
+		}
+	}
+}
 
 // Idle reports whether no room has a round in flight or due.
 func (h *Hub) Idle() bool {
@@ -226,17 +271,40 @@ func (h *Hub) Publish(room, name string, content []byte) error {
 	return r.Publish(name, content)
 }
 
-// PublishRemote broadcasts a message that another node accepted to the
-// members of room on this node only; a room with no members here is
-// skipped. It reads its arguments only during the call.
-func (h *Hub) PublishRemote(room, name, content []byte) error {
-	h.mu.Lock()
-	r := h.rooms[string(room)]
-	h.mu.Unlock()
+// Deliver gives the members of room on this node a message the relay
+// hands back: with the cluster's id for it, or id 0 for one the relay
+// delivers locally while the cluster is out of reach (it then gets an id
+// between the cluster's). ts is when the cluster took it (unix ms). A room
+// with no members here is skipped. It reads m only during the call.
+func (h *Hub) Deliver(room string, id uint64, ts int64, m *Message) error {
+	r := h.room(room)
 	if r == nil {
 		return nil
 	}
-	return r.rounds.enqueue(unsafeString(name), unsafeString(content))
+	return r.deliver(id, ts, m)
+}
+
+// Load adds a message the cluster ordered before this node watched room
+// to the room's history (for replay and resume; nobody receives it live).
+// Called by the relay while Acquire waits for the room.
+func (h *Hub) Load(room string, id uint64, ts int64, m *Message) {
+	if r := h.room(room); r != nil {
+		r.rounds.load(id, ts, m)
+	}
+}
+
+// Forget records that the cluster no longer keeps room's messages up to
+// id: a client resuming from before it is told of the gap.
+func (h *Hub) Forget(room string, id uint64) {
+	if r := h.room(room); r != nil {
+		r.rounds.forget(id)
+	}
+}
+
+func (h *Hub) room(name string) *Room {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.rooms[name]
 }
 
 // idSource issues message ids: increasing, never reused for another
@@ -258,5 +326,7 @@ func (s *idSource) next() uint64 {
 	}
 }
 
-// Issued reports whether id is no newer than the last id issued.
-func (h *Hub) Issued(id uint64) bool { return id <= h.ids.last.Load() }
+// Issued reports whether id may name a message: on one node, one no newer
+// than the last id issued; in a cluster (whose ids this node learns only
+// as they come) any.
+func (h *Hub) Issued(id uint64) bool { return h.relay != nil || id <= h.ids.last.Load() }

@@ -24,9 +24,9 @@ type summary struct {
 	n     int
 }
 
-// pendNotice adds a join or leave to the next round's summary and makes
-// sure a round is due.
-func (r *rounds) pendNotice(name string, kind noticeKind) {
+// pendNotice adds count joins or leaves (the first two named) to the next
+// round's summary and makes sure a round is due.
+func (r *rounds) pendNotice(kind noticeKind, count int, names ...string) {
 	r.qmu.Lock()
 	if r.freed {
 		r.qmu.Unlock()
@@ -39,17 +39,20 @@ func (r *rounds) pendNotice(name string, kind noticeKind) {
 		r.summaries = new([2]summary)
 	}
 	sm := &r.summaries[kind]
-	if sm.n < len(sm.names) {
-		sm.names[sm.n] = name
+	for i, name := range names {
+		if sm.n+i < len(sm.names) {
+			sm.names[sm.n+i] = name
+		}
 	}
-	sm.n++
+	sm.n += count
 	r.kickLocked()
 }
 
 // appendSummariesLocked queues the pending summaries ("alice joined the
 // chat", "alice and bob joined the chat", "alice, bob and 1,312 others
-// joined the chat") as ordinary notices, relayed like any, and clears
-// them. Caller holds qmu.
+// joined the chat") as ordinary notices and clears them. In a cluster,
+// each node summarizes the presence changes it receives for its own
+// members (they are not relayed again). Caller holds qmu.
 func (r *rounds) appendSummariesLocked() {
 	if r.summaries == nil {
 		return
@@ -59,11 +62,7 @@ func (r *rounds) appendSummariesLocked() {
 		if sm.n == 0 {
 			continue
 		}
-		text := summaryText(sm, noticeKind(kind))
-		r.enqueueLocked(chatmsg.SystemName, text)
-		if relay := r.room.hub.relay; relay != nil {
-			relay.Publish(r.room.name, chatmsg.SystemName, []byte(text))
-		}
+		r.enqueueLocked(0, 0, chatmsg.SystemName, summaryText(sm, noticeKind(kind)))
 		*sm = summary{}
 	}
 }

@@ -11,9 +11,10 @@ import (
 // history. Chat, notices, presence and slow-consumer handling are per room;
 // nothing crosses to another room.
 type Room struct {
-	hub  *Hub
-	name string
-	refs int // sessions holding the room; protected by Hub.mu
+	hub    *Hub
+	name   string
+	refs   int             // sessions holding the room; protected by Hub.mu
+	loaded <-chan struct{} // in a cluster: closed once the history is loaded (Relay.Watch)
 
 	// namesMu protects names, and serializes joins and leaves: members
 	// changes only with it held (and membersMu, for the rounds' readers).
@@ -59,16 +60,50 @@ func (r *Room) Members() int {
 }
 
 // Publish broadcasts a message from name (a member, or System) to every
-// member of the room, the sender included, and hands it to the relay for
-// the other nodes. It reads name and content only during the call.
+// member of the room, the sender included; in a cluster, through the
+// relay, to the room's members on every node. It reads name and content
+// only during the call.
 func (r *Room) Publish(name string, content []byte) error {
-	if err := r.rounds.enqueue(name, unsafeString(content)); err != nil {
-		return err
-	}
 	if relay := r.hub.relay; relay != nil {
-		relay.Publish(r.name, name, content)
+		return relay.Publish(r.name, &Message{Kind: KindChat, Count: 1, Name: name, Content: content})
 	}
-	return nil
+	return r.rounds.enqueue(0, 0, name, unsafeString(content))
+}
+
+// deliver queues what the relay hands back for the members here: chat
+// as it is; a presence change worded here, summarized in a large room
+// like local ones are.
+func (r *Room) deliver(id uint64, ts int64, m *Message) error {
+	if m.Kind != KindChat {
+		if r.hub.draining.Load() {
+			return nil // every member here is about to get close 1001
+		}
+		if r.Members() > r.hub.cfg.PresenceSummary {
+			kind := joined
+			if m.Kind == KindLeft {
+				kind = left
+			}
+			names := [2]string{m.Name, m.Name2}
+			r.rounds.pendNotice(kind, m.Count, names[:min(m.Count, 2)]...)
+			return nil
+		}
+	}
+	name, content := r.words(m)
+	return r.rounds.enqueue(id, ts, name, content)
+}
+
+// words returns the sender and text of m as members see them.
+func (r *Room) words(m *Message) (name, content string) {
+	switch m.Kind {
+	case KindJoined, KindLeft:
+		sm := summary{names: [2]string{m.Name, m.Name2}, n: m.Count}
+		kind := joined
+		if m.Kind == KindLeft {
+			kind = left
+		}
+		return chatmsg.SystemName, summaryText(&sm, kind)
+	}
+	return m.Name, unsafeString(m.Content)
 }
 
 // join registers s under name if no member of the room has its key, and
@@ -155,6 +190,16 @@ func (r *Room) notice(name string, kind noticeKind) {
 	if cfg.PresenceMax > 0 && members > cfg.PresenceMax {
 		return
 	}
+	if relay := r.hub.relay; relay != nil {
+		m := Message{Kind: KindJoined, Count: 1, Name: name}
+		if kind == left {
+			m.Kind = KindLeft
+		}
+		if relay.Publish(r.name, &m) != nil {
+			r.rounds.pendNotice(kind, 1, name) // the others will not hear of it: at least the members here do
+		}
+		return
+	}
 	if members <= cfg.PresenceSummary {
 		var b [chatmsg.MaxUsername*4 + 32]byte
 		content := append(append(b[:0], name...), noticeText[kind]...)
@@ -162,7 +207,7 @@ func (r *Room) notice(name string, kind noticeKind) {
 			return
 		}
 	}
-	r.rounds.pendNotice(name, kind)
+	r.rounds.pendNotice(kind, 1, name)
 }
 
 // unsafeString views b as a string for the length of a call that only

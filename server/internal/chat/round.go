@@ -35,6 +35,7 @@ type rounds struct {
 	freed     bool        // the room emptied and is gone: nothing more is queued
 	taken     uint64      // batches taken so far; a batch's seq
 	lastTaken uint64      // id of the newest message taken into a batch
+	lastID    uint64      // id of the newest message queued or loaded
 
 	// The round in flight. Written only between rounds, read-only while
 	// one runs.
@@ -94,9 +95,10 @@ func (r *rounds) idle() bool {
 	return !r.running
 }
 
-// enqueue queues a message for the room's members. It reads name and
-// content only during the call.
-func (r *rounds) enqueue(name, content string) error {
+// enqueue queues a message for the room's members, with id (0: the next
+// local one) and ts (unix ms; 0: now). It reads name and content only
+// during the call.
+func (r *rounds) enqueue(id uint64, ts int64, name, content string) error {
 	r.qmu.Lock()
 	if r.freed {
 		r.qmu.Unlock()
@@ -110,23 +112,48 @@ func (r *rounds) enqueue(name, content string) error {
 	// Joins and leaves summarized so far happened before this message:
 	// they go out first, as they would have one by one.
 	r.appendSummariesLocked()
-	r.enqueueLocked(name, content)
+	r.enqueueLocked(id, ts, name, content)
 	r.kickLocked()
 	return nil
 }
 
-// enqueueLocked gives the message an id, encodes it in both forms into its
-// history entry and appends those to the queues. Caller holds qmu.
-func (r *rounds) enqueueLocked(name, content string) {
+// enqueueLocked encodes the message in both forms into its history entry
+// and appends those to the queues. id 0 takes the next local id: the
+// process's on one node; in a cluster, one after the room's newest, which
+// stays below the cluster's next (idsPerSeq). ts 0 is now. Caller holds
+// qmu.
+func (r *rounds) enqueueLocked(id uint64, ts int64, name, content string) {
 	h := r.room.hub
 	if r.bufs == nil {
 		r.bufs = new(roundBufs)
 	}
-	id, now := h.ids.next(), time.Now()
+	now := time.Now()
+	switch {
+	case id != 0:
+	case h.relay == nil:
+		id = h.ids.next()
+	default:
+		id = r.lastID + 1
+	}
+	r.lastID = max(r.lastID, id)
+	if ts == 0 {
+		ts = now.UnixMilli()
+	}
 	if r.emptyLocked() {
 		r.queuedAt = now.UnixNano()
 	}
-	e := r.history.push(id, now)
+	e := r.encodeLocked(id, now, ts, name, content)
+	r.bufs.queue = append(r.bufs.queue, e.seed...)
+	r.bufs.queueV2 = append(r.bufs.queueV2, e.v2...)
+	r.bufs.queueIDs = append(r.bufs.queueIDs, id)
+	h.metrics.Published.Inc()
+}
+
+// encodeLocked keeps message id in the history (or a scratch entry if the
+// room keeps none) in both wire forms, and returns its entry. Caller holds
+// qmu.
+func (r *rounds) encodeLocked(id uint64, at time.Time, ts int64, name, content string) *entry {
+	e := r.history.push(id, at)
 	if e == nil {
 		if r.scratch == nil {
 			r.scratch = new(entry)
@@ -137,12 +164,39 @@ func (r *rounds) enqueueLocked(name, content string) {
 		return chatmsg.AppendChat(b, name, content)
 	})
 	e.v2 = wsframe.AppendFramed(e.v2[:0], ws.OpText, func(b []byte) []byte {
-		return chatmsg.AppendChatV2(b, name, content, id, r.room.name, now.UnixMilli())
+		return chatmsg.AppendChatV2(b, name, content, id, r.room.name, ts)
 	})
-	r.bufs.queue = append(r.bufs.queue, e.seed...)
-	r.bufs.queueV2 = append(r.bufs.queueV2, e.v2...)
-	r.bufs.queueIDs = append(r.bufs.queueIDs, id)
-	h.metrics.Published.Inc()
+	return e
+}
+
+// IDsPerSeq is how many message ids the cluster leaves between two of its
+// own (a room's stream sequence times IDsPerSeq): the room's messages a
+// node delivers while the cluster is out of reach take the ids in
+// between, so ids still increase in every room.
+const IDsPerSeq = 1_000_000
+
+// load keeps a message the cluster ordered before this node watched the
+// room: history only, nobody receives it live. Messages come oldest first.
+func (r *rounds) load(id uint64, ts int64, m *Message) {
+	name, content := r.room.words(m)
+	r.qmu.Lock()
+	defer r.qmu.Unlock()
+	if r.freed || id <= r.lastID {
+		return
+	}
+	if r.history.n == 0 {
+		r.history.floor = max(r.history.floor, id-1)
+	}
+	r.encodeLocked(id, time.UnixMilli(ts), ts, name, content)
+	r.lastID, r.lastTaken = id, id
+}
+
+// forget records that the cluster no longer keeps the room's messages up
+// to id: a client resuming from before it is told of the gap.
+func (r *rounds) forget(id uint64) {
+	r.qmu.Lock()
+	r.history.floor = max(r.history.floor, id)
+	r.qmu.Unlock()
 }
 
 // kickLocked makes sure a round is due and unlocks qmu: an idle room starts

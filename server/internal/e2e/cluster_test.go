@@ -7,20 +7,29 @@ package e2e
 // view of its connections, and the server's log.
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/hex"
+	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 
 	"gochat/server"
@@ -28,20 +37,6 @@ import (
 
 // clusterWait bounds the waits on a node's NATS state: a hang bound only.
 const clusterWait = 20 * time.Second
-
-// Relay wire format (server/internal/natsrelay): a version byte, the
-// publisher's 8-byte node id, then records of uvarint(len(room)) room
-// uvarint(len(name)) name uvarint(len(content)) content.
-const relayVersion = 2
-
-func relayRecord(dst []byte, name, content string) []byte {
-	dst = binary.AppendUvarint(dst, uint64(len("lobby")))
-	dst = append(dst, "lobby"...)
-	dst = binary.AppendUvarint(dst, uint64(len(name)))
-	dst = append(dst, name...)
-	dst = binary.AppendUvarint(dst, uint64(len(content)))
-	return append(dst, content...)
-}
 
 // checkLeaks fails the test if it leaves goroutines behind (servers, NATS
 // clients, the embedded nats-server), as server's TestMain checked for the
@@ -52,11 +47,20 @@ func checkLeaks(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
 }
 
-// startNATS runs an embedded nats-server (no JetStream) on 127.0.0.1; port
-// -1 picks a free one. It is shut down, and waited for, when the test ends.
+// startNATS runs an embedded nats-server with JetStream (file store in a
+// temp dir) on 127.0.0.1; port -1 picks a free one. It is shut down, and
+// waited for, when the test ends.
 func startNATS(t testing.TB, port int) *natsserver.Server {
 	t.Helper()
-	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true})
+	return startNATSStore(t, port, t.TempDir())
+}
+
+// startNATSStore is startNATS with the JetStream store in dir: a server
+// started again on the same dir finds the streams it had.
+func startNATSStore(t testing.TB, port int, dir string) *natsserver.Server {
+	t.Helper()
+	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true,
+		JetStream: true, StoreDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,12 +73,6 @@ func startNATS(t testing.TB, port int) *natsserver.Server {
 		t.Fatal("nats-server not ready")
 	}
 	return ns
-}
-
-// stopNATS shuts the embedded server down now.
-func stopNATS(ns *natsserver.Server) {
-	ns.Shutdown()
-	ns.WaitForShutdown()
 }
 
 // node is an in-process gochat on a free loopback port.
@@ -113,8 +111,8 @@ func startServer(t testing.TB, cfg server.Config) *node {
 	return &node{Server: s, url: "ws://" + addr + "/ws", base: "http://" + addr, log: logs}
 }
 
-// gochatNodes returns the NATS connections of gochat nodes (named
-// "gochat-<node id>") that have subscribed, by node id.
+// gochatNodes returns the node ids of the gochat nodes connected to ns
+// (their NATS connections are named "gochat-<node id>").
 func gochatNodes(t testing.TB, ns *natsserver.Server) map[string]bool {
 	t.Helper()
 	cz, err := ns.Connz(&natsserver.ConnzOptions{})
@@ -123,37 +121,31 @@ func gochatNodes(t testing.TB, ns *natsserver.Server) map[string]bool {
 	}
 	ids := map[string]bool{}
 	for _, c := range cz.Conns {
-		if id, ok := strings.CutPrefix(c.Name, "gochat-"); ok && c.NumSubs > 0 {
+		if id, ok := strings.CutPrefix(c.Name, "gochat-"); ok {
 			ids[id] = true
 		}
 	}
 	return ids
 }
 
-// waitNodes waits until n gochat nodes are connected to ns with their
-// subscription registered (what connected + Flush showed in-package).
-func waitNodes(t testing.TB, ns *natsserver.Server, n int) map[string]bool {
+// waitClustered waits until the node is connected to NATS and relays
+// through the stream (not delivering on its own).
+func waitClustered(t testing.TB, s *node) {
 	t.Helper()
-	var ids map[string]bool
-	eventually(t, clusterWait, fmt.Sprintf("%d nodes subscribed on nats-server", n), func() bool {
-		ids = gochatNodes(t, ns)
-		return len(ids) == n
+	eventually(t, clusterWait, "node connected to the cluster", func() bool {
+		return metric(t, s.base, "gochat_cluster_connected") == 1 && metric(t, s.base, "gochat_cluster_degraded") == 0
 	})
-	return ids
 }
 
 // startNode starts a gochat node relaying through ns and waits until it is
-// connected and subscribed; it returns the node and its node id.
+// in the cluster; it returns the node and its node id.
 func startNode(t testing.TB, ns *natsserver.Server, cfg server.Config) (*node, string) {
 	t.Helper()
 	before := gochatNodes(t, ns)
 	cfg.NATS = ns.ClientURL()
 	s := startServer(t, cfg)
-	ids := waitNodes(t, ns, len(before)+1)
-	eventually(t, clusterWait, "node reports NATS connected", func() bool {
-		return metric(t, s.base, "gochat_cluster_connected") == 1
-	})
-	for id := range ids {
+	waitClustered(t, s)
+	for id := range gochatNodes(t, ns) {
 		if !before[id] {
 			return s, id
 		}
@@ -162,236 +154,640 @@ func startNode(t testing.TB, ns *natsserver.Server, cfg server.Config) (*node, s
 	return nil, ""
 }
 
-// waitReceived waits until s has received n records from other nodes.
-func waitReceived(t testing.TB, s *node, n float64) {
+// labeled reads one labeled series, e.g. `gochat_cluster_dropped_total{reason="invalid"}`.
+func labeled(t testing.TB, base, series string) float64 {
 	t.Helper()
-	eventually(t, clusterWait, fmt.Sprintf("%v records from other nodes", n), func() bool {
-		return metric(t, s.base, "gochat_cluster_received_total") >= n
+	return metric(t, base, series)
+}
+
+// v2Msg is a gochat.v2 frame.
+type v2Msg struct {
+	Username string `json:"username"`
+	Content  string `json:"content"`
+	ID       uint64 `json:"id"`
+	Room     string `json:"room"`
+	TS       int64  `json:"ts"`
+	Gap      bool   `json:"gap"`
+}
+
+// v2Client speaks gochat.v2 on coder/websocket; its reader always runs.
+type v2Client struct {
+	t    testing.TB
+	name string
+	c    *websocket.Conn
+	msgs chan v2Msg
+	done chan struct{}
+}
+
+// dialV2 connects to url (with its query) offering gochat.v2, and joins as
+// name unless name is empty.
+func dialV2(t testing.TB, url, name string) *v2Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{Subprotocols: []string{"gochat.v2"}})
+	if err != nil {
+		t.Fatalf("dial %s: %v", url, err)
+	}
+	c.SetReadLimit(1 << 20)
+	k := &v2Client{t: t, name: name, c: c, msgs: make(chan v2Msg, 1<<16), done: make(chan struct{})}
+	go func() {
+		defer close(k.done)
+		defer close(k.msgs)
+		for {
+			_, b, err := c.Read(context.Background())
+			if err != nil {
+				return
+			}
+			var m v2Msg
+			if err := json.Unmarshal(b, &m); err != nil {
+				m = v2Msg{Username: "(bad server JSON)", Content: string(b)}
+			}
+			k.msgs <- m
+		}
+	}()
+	t.Cleanup(func() { c.CloseNow(); <-k.done })
+	if name != "" {
+		k.send(fmt.Sprintf(`{"username":%q}`, name))
+	}
+	return k
+}
+
+func (k *v2Client) send(s string) {
+	k.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := k.c.Write(ctx, websocket.MessageText, []byte(s)); err != nil {
+		k.t.Fatalf("%s: write: %v", k.name, err)
+	}
+}
+
+func (k *v2Client) next() v2Msg {
+	k.t.Helper()
+	timer := time.NewTimer(chatWait)
+	defer timer.Stop()
+	select {
+	case m, ok := <-k.msgs:
+		if !ok {
+			k.t.Fatalf("%s: connection ended while waiting for a message", k.name)
+		}
+		return m
+	case <-timer.C:
+		k.t.Fatalf("%s: no message within %v", k.name, chatWait)
+		return v2Msg{}
+	}
+}
+
+// waitFor reads until a message from user with content arrives and returns it.
+func (k *v2Client) waitFor(user, content string) v2Msg {
+	k.t.Helper()
+	for {
+		if m := k.next(); m.Username == user && m.Content == content {
+			return m
+		}
+	}
+}
+
+// nextIs requires the next message to be from user with content.
+func (k *v2Client) nextIs(user, content string) v2Msg {
+	k.t.Helper()
+	m := k.next()
+	if m.Username != user || m.Content != content {
+		k.t.Fatalf("%s: got %+v, want %s: %q", k.name, m, user, content)
+	}
+	return m
+}
+
+// quiet requires that nothing arrives for a moment (what a check for an
+// absence can do; the markers around it bound what it has to cover).
+func (k *v2Client) quiet(d time.Duration) {
+	k.t.Helper()
+	select {
+	case m, ok := <-k.msgs:
+		if ok {
+			k.t.Fatalf("%s: unexpected %+v", k.name, m)
+		}
+	case <-time.After(d):
+	}
+}
+
+func (k *v2Client) close() { k.c.Close(websocket.StatusNormalClosure, "") }
+
+// natsProcess is a real nats-server process with JetStream, so that tests
+// can kill -9 it and stop it (SIGSTOP) like the faults they stand for.
+type natsProcess struct {
+	t    testing.TB
+	bin  string
+	port int
+	dir  string
+	cmd  *exec.Cmd
+}
+
+var (
+	natsBuildOnce sync.Once
+	natsBin       string
+	natsBuildErr  error
+)
+
+// natsServerBinary builds the nats-server of this module's go.mod once.
+func natsServerBinary(t testing.TB) string {
+	t.Helper()
+	natsBuildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "nats-server-e2e-")
+		if err != nil {
+			natsBuildErr = err
+			return
+		}
+		bin := filepath.Join(dir, "nats-server")
+		cmd := exec.Command("go", "build", "-o", bin, "github.com/nats-io/nats-server/v2")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			natsBuildErr = fmt.Errorf("go build nats-server: %v\n%s", err, out)
+			return
+		}
+		natsBin = bin
+	})
+	if natsBuildErr != nil {
+		t.Fatal(natsBuildErr)
+	}
+	return natsBin
+}
+
+// startNATSProcess runs nats-server -js on a free port with its store in a
+// temp dir; killed when the test ends.
+func startNATSProcess(t testing.TB) *natsProcess {
+	t.Helper()
+	addr := freeLoopbackAddr(t)
+	_, portStr, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portStr)
+	p := &natsProcess{t: t, bin: natsServerBinary(t), port: port, dir: t.TempDir()}
+	p.start()
+	t.Cleanup(func() {
+		if p.cmd != nil {
+			_ = p.cmd.Process.Signal(syscall.SIGCONT)
+			_ = p.cmd.Process.Kill()
+			_ = p.cmd.Wait()
+		}
+	})
+	return p
+}
+
+func (p *natsProcess) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", p.port) }
+
+// start runs the server (again, on the same port and store) and waits
+// until it takes connections.
+func (p *natsProcess) start() {
+	p.t.Helper()
+	p.cmd = exec.Command(p.bin, "-a", "127.0.0.1", "-p", strconv.Itoa(p.port), "-js", "-sd", p.dir)
+	p.cmd.Stdout, p.cmd.Stderr = io.Discard, io.Discard
+	if err := p.cmd.Start(); err != nil {
+		p.t.Fatal(err)
+	}
+	eventually(p.t, clusterWait, "nats-server listening", func() bool {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", p.port), time.Second)
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
 	})
 }
 
+// kill is kill -9.
+func (p *natsProcess) kill() {
+	_ = p.cmd.Process.Kill()
+	_ = p.cmd.Wait()
+	p.cmd = nil
+}
+
+func (p *natsProcess) signal(sig syscall.Signal) {
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// ---- the tests --------------------------------------------------------------------------
+
+// The basic cluster: a message said on one node reaches the members on
+// every node once, presence crosses nodes, and every node gives the
+// message the same id.
 func TestClusterRelay(t *testing.T) {
 	checkLeaks(t)
 	ns := startNATS(t, -1)
 	a, _ := startNode(t, ns, server.Config{})
 	b, _ := startNode(t, ns, server.Config{})
 
-	bob := joinChat(t, b.url, "bob")
-	waitReceived(t, a, 1) // "bob joined" reached A before alice is there
-	alice := joinChat(t, a.url, "alice")
-	bob.nextIs(chatMsg{"System", "alice joined the chat"})
+	bob := dialV2(t, b.url, "bob")
+	bob.nextIs("System", "bob joined the chat")
+	alice := dialV2(t, a.url, "alice")
+	alice.nextIs("System", "alice joined the chat")
+	bob.nextIs("System", "alice joined the chat")
 
-	// alice on A -> bob on B, and alice herself exactly once.
 	alice.send(`{"content":"hello from A"}`)
-	alice.nextIs(chatMsg{"alice", "hello from A"})
-	bob.nextIs(chatMsg{"alice", "hello from A"})
-
-	// bob on B -> alice on A.
+	ma := alice.nextIs("alice", "hello from A")
+	mb := bob.nextIs("alice", "hello from A")
+	if ma.ID == 0 || ma.ID != mb.ID || ma.TS != mb.TS || ma.Room != "lobby" {
+		t.Fatalf("the same message differs between nodes: A %+v, B %+v", ma, mb)
+	}
 	bob.send(`{"content":"hi from B"}`)
-	bob.nextIs(chatMsg{"bob", "hi from B"})
-	alice.nextIs(chatMsg{"bob", "hi from B"})
-
-	// Sentinels from both sides: nothing (no echo of a node's own message
-	// coming back through NATS) slipped in between.
-	alice.send(`{"content":"end A"}`)
-	alice.nextIs(chatMsg{"alice", "end A"})
-	bob.nextIs(chatMsg{"alice", "end A"})
-	bob.send(`{"content":"end B"}`)
-	bob.nextIs(chatMsg{"bob", "end B"})
-	alice.nextIs(chatMsg{"bob", "end B"})
-
-	// Each node received exactly what the other one published.
-	waitReceived(t, b, 3) // alice joined, hello, end A
-	waitReceived(t, a, 3) // bob joined, hi, end B
-	if got := metric(t, a.base, "gochat_cluster_received_total"); got != 3 {
-		t.Errorf("A received %v records, want 3", got)
-	}
-	if got := metric(t, b.base, "gochat_cluster_received_total"); got != 3 {
-		t.Errorf("B received %v records, want 3", got)
+	mb2 := bob.nextIs("bob", "hi from B")
+	ma2 := alice.nextIs("bob", "hi from B")
+	if ma2.ID != mb2.ID || ma2.ID <= ma.ID {
+		t.Fatalf("ids: %d then A %d B %d", ma.ID, ma2.ID, mb2.ID)
 	}
 
-	// Leave notices cross nodes too, exactly once.
+	// Leave notices cross nodes too, exactly once, then nothing else.
 	alice.close()
-	bob.nextIs(chatMsg{"System", "alice left the chat"})
+	bob.nextIs("System", "alice left the chat")
 	bob.send(`{"content":"alone"}`)
-	bob.nextIs(chatMsg{"bob", "alone"})
-
-	if got := metric(t, a.base, "gochat_cluster_publish_errors_total") + metric(t, b.base, "gochat_cluster_publish_errors_total"); got != 0 {
-		t.Errorf("publish errors: %v", got)
+	bob.nextIs("bob", "alone")
+	for _, s := range []*node{a, b} {
+		for _, m := range []string{"gochat_cluster_lost_total", "gochat_cluster_publish_rejects_total", "gochat_cluster_local_deliveries_total"} {
+			if v := metric(t, s.base, m); v != 0 {
+				t.Errorf("%s %s = %v", s.base, m, v)
+			}
+		}
+	}
+	if v := metric(t, a.base, "gochat_cluster_published_total"); v < 3 { // join, hello, leave
+		t.Errorf("A published %v", v)
 	}
 }
 
-// Two senders on two nodes, 200 messages each, interleaved: every receiver
-// on both nodes sees each sender's messages exactly once, in send order.
-func TestClusterOrder(t *testing.T) {
+// Three nodes, a sender on each, 1,000 messages each, sent as fast as the
+// nodes take them: every member on every node gets all 3,000 exactly once,
+// each sender's in order, and all in the same order with the same ids.
+func TestClusterExactlyOnceInOrder(t *testing.T) {
 	checkLeaks(t)
-	const n = 200
+	const n = 1000
 	ns := startNATS(t, -1)
-	cfg := server.Config{Rate: 1e5, Burst: 1e5}
-	a, _ := startNode(t, ns, cfg)
-	b, _ := startNode(t, ns, cfg)
-
-	alice := joinChat(t, a.url, "alice")
-	waitReceived(t, b, 1)
-	bob := joinChat(t, b.url, "bob")
-	alice.waitFor(chatMsg{"System", "bob joined the chat"})
-	carol := joinChat(t, a.url, "carol") // a silent receiver on A
-	bob.waitFor(chatMsg{"System", "carol joined the chat"})
-	alice.waitFor(chatMsg{"System", "carol joined the chat"})
-
-	for i := range n {
-		alice.send(fmt.Sprintf(`{"content":"a%03d"}`, i))
-		bob.send(fmt.Sprintf(`{"content":"b%03d"}`, i))
+	off := false
+	cfg := server.Config{Rate: 1e6, Burst: 1e6, Presence: &off}
+	var nodes []*node
+	for range 3 {
+		s, _ := startNode(t, ns, cfg)
+		nodes = append(nodes, s)
 	}
-	for _, rc := range []struct {
-		name string
-		c    *chatClient
-	}{{"alice", alice}, {"bob", bob}, {"carol", carol}} {
-		next := map[string]int{"alice": 0, "bob": 0}
-		for got := 0; got < 2*n; got++ {
-			m := rc.c.next()
-			want, ok := next[m.Username]
-			if !ok {
-				t.Fatalf("%s: unexpected %+v", rc.name, m)
+	var senders, receivers []*v2Client
+	for i, s := range nodes {
+		receivers = append(receivers, dialV2(t, s.url, fmt.Sprintf("r%d", i)))
+		senders = append(senders, dialV2(t, s.url, fmt.Sprintf("s%d", i)))
+	}
+	// Every node has both members before anyone speaks.
+	for _, k := range append(senders, receivers...) {
+		k.send(`{"content":"ready"}`)
+	}
+	for _, k := range receivers {
+		for range 6 {
+			if m := k.next(); m.Content != "ready" {
+				t.Fatalf("%s: %+v before the ready round", k.name, m)
 			}
-			if exp := fmt.Sprintf("%c%03d", m.Username[0], want); m.Content != exp {
-				t.Fatalf("%s: from %s got %q, want %q (order broken or duplicate)", rc.name, m.Username, m.Content, exp)
+		}
+	}
+	var wg sync.WaitGroup
+	for i, k := range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range n {
+				if err := k.c.Write(context.Background(), websocket.MessageText, fmt.Appendf(nil, `{"content":"s%d-%04d"}`, i, j)); err != nil {
+					t.Errorf("s%d: %v", i, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	var orders [][]uint64
+	for _, k := range receivers {
+		next := map[string]int{}
+		var ids []uint64
+		for range 3 * n {
+			m := k.next()
+			want := fmt.Sprintf("%s-%04d", m.Username, next[m.Username])
+			if m.Content != want {
+				t.Fatalf("%s: got %q from %s, want %q (lost, duplicated or out of order)", k.name, m.Content, m.Username, want)
 			}
 			next[m.Username]++
+			if len(ids) > 0 && m.ID <= ids[len(ids)-1] {
+				t.Fatalf("%s: id %d after %d", k.name, m.ID, ids[len(ids)-1])
+			}
+			ids = append(ids, m.ID)
 		}
-		if next["alice"] != n || next["bob"] != n {
-			t.Fatalf("%s: got %v", rc.name, next)
+		orders = append(orders, ids)
+		k.quiet(200 * time.Millisecond)
+	}
+	for i := 1; i < len(orders); i++ {
+		if !slices.Equal(orders[0], orders[i]) {
+			t.Fatalf("node %d delivered another order or other ids than node 0", i)
 		}
 	}
 }
 
-// With NATS down, each node's own chat keeps working (joins, messages);
-// when NATS is back, the nodes reconnect and share the chat again.
-func TestClusterNATSDown(t *testing.T) {
+// trafficCheck reads what a receiver got of one sender's numbered
+// messages m0000, m0001, ...: exactly once each, in order.
+func expectSeries(t testing.TB, k *v2Client, from string, n int) {
+	t.Helper()
+	for i := range n {
+		want := fmt.Sprintf("m%04d", i)
+		m := k.next()
+		for m.Username == "System" { // presence may interleave
+			m = k.next()
+		}
+		if m.Username != from || m.Content != want {
+			t.Fatalf("%s: got %+v, want %s: %q (lost, duplicated or out of order)", k.name, m, from, want)
+		}
+	}
+}
+
+// NATS killed (kill -9) in the middle of traffic and started again on the
+// same store: local chat never stops, and the other node gets every
+// message exactly once, in order; nothing is counted lost.
+func TestClusterNATSKilledAndRestarted(t *testing.T) {
+	checkLeaks(t)
+	nats := startNATSProcess(t)
+	cfg := server.Config{NATS: nats.url(), Rate: 1e4, Burst: 1e4}
+	a := startServer(t, cfg)
+	b := startServer(t, cfg)
+	waitClustered(t, a)
+	waitClustered(t, b)
+	bob := dialV2(t, b.url, "bob")
+	bob.nextIs("System", "bob joined the chat")
+	alice := dialV2(t, a.url, "alice")
+	alice.nextIs("System", "alice joined the chat")
+	bob.nextIs("System", "alice joined the chat")
+
+	const n = 300
+	for i := range n {
+		if i == 100 {
+			nats.kill()
+		}
+		if i == 200 {
+			nats.start()
+		}
+		alice.send(fmt.Sprintf(`{"content":"m%04d"}`, i))
+		alice.nextIs("alice", fmt.Sprintf("m%04d", i)) // local chat goes on
+	}
+	expectSeries(t, bob, "alice", n)
+	waitClustered(t, a)
+	bob.send(`{"content":"end"}`)
+	alice.waitFor("bob", "end")
+	bob.nextIs("bob", "end")
+	for _, s := range []*node{a, b} {
+		if v := metric(t, s.base, "gochat_cluster_lost_total"); v != 0 {
+			t.Errorf("%s: lost %v", s.base, v)
+		}
+		if v := metric(t, s.base, "gochat_cluster_publish_rejects_total"); v != 0 {
+			t.Errorf("%s: rejects %v", s.base, v)
+		}
+	}
+	if v := metric(t, a.base, "gochat_cluster_local_deliveries_total"); v == 0 {
+		t.Error("A never delivered on its own while NATS was down")
+	}
+}
+
+// A hung NATS (SIGSTOP: the socket stays open, nothing answers) is noticed
+// within seconds; local chat goes on meanwhile, and once NATS runs again
+// the other node gets everything exactly once, in order.
+func TestClusterNATSHung(t *testing.T) {
+	checkLeaks(t)
+	nats := startNATSProcess(t)
+	cfg := server.Config{NATS: nats.url()}
+	a := startServer(t, cfg)
+	b := startServer(t, cfg)
+	waitClustered(t, a)
+	waitClustered(t, b)
+	bob := dialV2(t, b.url, "bob")
+	bob.nextIs("System", "bob joined the chat")
+	alice := dialV2(t, a.url, "alice")
+	alice.nextIs("System", "alice joined the chat")
+	bob.nextIs("System", "alice joined the chat")
+
+	alice.send(`{"content":"m0000"}`)
+	alice.nextIs("alice", "m0000")
+	nats.signal(syscall.SIGSTOP)
+	hungAt := time.Now()
+	alice.send(`{"content":"m0001"}`)
+	alice.nextIs("alice", "m0001") // delivered here once the node gives up waiting
+	eventually(t, clusterWait, "node notices the hung NATS", func() bool {
+		return metric(t, a.base, "gochat_cluster_degraded") == 1
+	})
+	noticed := time.Since(hungAt)
+	t.Logf("hung NATS noticed after %v", noticed)
+	if strictTiming() && noticed > 6*time.Second {
+		t.Errorf("hung NATS noticed after %v, want a few seconds", noticed)
+	}
+	for i := 2; i < 10; i++ {
+		alice.send(fmt.Sprintf(`{"content":"m%04d"}`, i))
+		alice.nextIs("alice", fmt.Sprintf("m%04d", i))
+	}
+	nats.signal(syscall.SIGCONT)
+	expectSeries(t, bob, "alice", 10)
+	waitClustered(t, a)
+	if v := metric(t, a.base, "gochat_cluster_lost_total") + metric(t, b.base, "gochat_cluster_lost_total"); v != 0 {
+		t.Errorf("lost %v", v)
+	}
+}
+
+// Records on the bus are checked like client input: forged System texts,
+// lookalike and bidi names, over-long content, old formats and junk are
+// dropped and counted; members see none of them; a well-formed record goes
+// through.
+func TestClusterBusInputValidated(t *testing.T) {
 	checkLeaks(t)
 	ns := startNATS(t, -1)
-	port := ns.Addr().(*net.TCPAddr).Port
-	a, _ := startNode(t, ns, server.Config{})
-	b, _ := startNode(t, ns, server.Config{})
-	alice := joinChat(t, a.url, "alice")
-	waitReceived(t, b, 1)
-	bob := joinChat(t, b.url, "bob")
-	alice.nextIs(chatMsg{"System", "bob joined the chat"})
+	s, _ := startNode(t, ns, server.Config{})
+	alice := dialV2(t, s.url, "alice")
+	alice.nextIs("System", "alice joined the chat")
 
-	stopNATS(ns)
-	eventually(t, clusterWait, "nodes see NATS down", func() bool {
-		return metric(t, a.base, "gochat_cluster_connected") == 0 && metric(t, b.base, "gochat_cluster_connected") == 0
-	})
-	alice.send(`{"content":"still here"}`)
-	alice.nextIs(chatMsg{"alice", "still here"})
-	carol := joinChat(t, a.url, "carol")
-	alice.nextIs(chatMsg{"System", "carol joined the chat"})
-	carol.send(`{"content":"hi alice"}`)
-	carol.nextIs(chatMsg{"carol", "hi alice"})
-	alice.nextIs(chatMsg{"carol", "hi alice"})
-	bob.send(`{"content":"B alone"}`)
-	bob.nextIs(chatMsg{"bob", "B alone"})
-
-	// NATS back on the same port: both nodes reconnect and relay again.
-	ns = startNATS(t, port)
-	waitNodes(t, ns, 2)
-	for _, s := range []*node{a, b} {
-		eventually(t, clusterWait, "node reconnected", func() bool {
-			return metric(t, s.base, "gochat_cluster_connected") == 1
-		})
-	}
-	alice.send(`{"content":"back"}`)
-	bob.waitFor(chatMsg{"alice", "back"}) // messages buffered in the outage may come first
-	bob.send(`{"content":"welcome back"}`)
-	alice.waitFor(chatMsg{"bob", "welcome back"})
-}
-
-// NATS unreachable from the start: New still succeeds (the client keeps
-// retrying), local chat works, and relays beyond the client's reconnect
-// buffer (1 MiB) are counted as publish errors.
-func TestClusterNATSUnreachable(t *testing.T) {
-	checkLeaks(t)
-	url := "nats://" + freeLoopbackAddr(t) // nothing listens there now
-
-	const size = 8 << 10
-	s := startServer(t, server.Config{NATS: url, Rate: 1e5, Burst: 1e5, MaxContent: size, MaxMessage: 2 * size, SendQueue: 16 << 20})
-	alice := joinChat(t, s.url, "alice")
-	alice.send(`{"content":"local only"}`)
-	alice.nextIs(chatMsg{"alice", "local only"})
-
-	// In-package, the test queued 2 MiB of records on the relay directly;
-	// from outside, alice sends them as chat messages.
-	content := strings.Repeat("x", size)
-	for range 2 * (1 << 20) / size {
-		alice.send(fmt.Sprintf(`{"content":%q}`, content))
-	}
-	eventually(t, clusterWait, "publish errors counted", func() bool {
-		return metric(t, s.base, "gochat_cluster_publish_errors_total") > 0
-	})
-	series, err := scrape(t, s.base)
+	nc, err := nats.Connect(ns.ClientURL())
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"gochat_cluster_publish_errors_total", "gochat_cluster_received_total", "gochat_cluster_connected"} {
-		if _, ok := series[name]; !ok {
-			t.Errorf("metric %s missing", name)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	subject := server.DefaultNATSSubject + ".in.lobby"
+	pub := func(data []byte) error {
+		_, err := js.Publish(ctx, subject, data)
+		return err
+	}
+	record := func(kind byte, count int, name, name2, content string) []byte {
+		b := []byte{3, kind}
+		b = binary.AppendUvarint(b, uint64(count))
+		for _, f := range []string{name, name2, content} {
+			b = binary.AppendUvarint(b, uint64(len(f)))
+			b = append(b, f...)
+		}
+		return b
+	}
+	bad := [][]byte{
+		record(1, 1, "System", "", "Your session expired, please re-enter your password"),
+		record(1, 1, "Ѕуѕtеm", "", "lookalike"),
+		record(1, 1, "al\u202eice", "", "bidi"),
+		record(1, 1, "mallory", "", strings.Repeat("x", 2001)),
+		record(1, 1, "mallory", "", "   "),
+		record(2, 1, "mallory", "", "joined; now enter your password"),
+		record(9, 1, "mallory", "", ""),
+		{2, 0, 5, 'l', 'o', 'b', 'b', 'y'}, // the old relay format
+		[]byte("junk"),
+	}
+	for _, b := range bad {
+		if err := pub(b); err != nil {
+			t.Fatal(err)
 		}
 	}
+	// 1 MB: the stream itself refuses it.
+	if err := pub(record(1, 1, "mallory", "", strings.Repeat("x", 1<<20))); err == nil {
+		t.Error("the stream took a 1 MB record")
+	}
+	// Straight onto a room's live subject, bypassing the stream: no sequence.
+	if err := nc.Publish(server.DefaultNATSSubject+".live.lobby", record(1, 1, "mallory", "", "unordered")); err != nil {
+		t.Fatal(err)
+	}
+	if err := pub(record(1, 1, "bob", "", "a fine record")); err != nil {
+		t.Fatal(err)
+	}
+	alice.nextIs("bob", "a fine record")
+	eventually(t, clusterWait, "bad records counted", func() bool {
+		return labeled(t, s.base, `gochat_cluster_dropped_total{reason="invalid"}`) == float64(len(bad)+1)
+	})
+	alice.send(`{"content":"marker"}`)
+	alice.nextIs("alice", "marker")
 }
 
-// A node drops what it published itself should NATS ever echo it, and
-// malformed payloads; the rest goes to local members only.
-func TestClusterOwnAndMalformed(t *testing.T) {
+// A flood on the bus (100,000 well-formed records as fast as NATS takes
+// them) is bounded: what is over the ingress bound is dropped and counted,
+// and no member here is evicted; chat goes on.
+func TestClusterFloodFromTheBus(t *testing.T) {
 	checkLeaks(t)
 	ns := startNATS(t, -1)
-	s, idHex := startNode(t, ns, server.Config{})
-	alice := joinChat(t, s.url, "alice")
-
-	// The node's id is in the name of its NATS connection.
-	id, err := hex.DecodeString(idHex)
-	if err != nil || len(id) != 8 {
-		t.Fatalf("node connection name gochat-%s does not carry an 8-byte id", idHex)
-	}
-	other := bytes.Clone(id)
-	other[0] ^= 0xff
-	msg := func(id []byte, name, content string) []byte {
-		d := append([]byte{relayVersion}, id...)
-		return relayRecord(d, name, content)
+	s, _ := startNode(t, ns, server.Config{})
+	var members []*v2Client
+	for i := range 20 {
+		k := dialV2(t, s.url, fmt.Sprintf("m%02d", i))
+		members = append(members, k)
 	}
 	nc, err := nats.Connect(ns.ClientURL())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	pub := func(data []byte) {
-		t.Helper()
-		if err := nc.Publish(server.DefaultNATSSubject, data); err != nil {
+	b := []byte{3, 1, 1, 7}
+	b = append(b, "flooder"...)
+	b = append(b, 0, 100)
+	b = append(b, strings.Repeat("f", 100)...)
+	// Straight to the stream's subject without waiting for acks: as fast as
+	// one client can.
+	const flood = 100_000
+	for range flood {
+		if err := nc.Publish(server.DefaultNATSSubject+".in.lobby", b); err != nil {
 			t.Fatal(err)
 		}
 	}
-	pub(msg(id, "mallory", "echo")) // own: ignored
-	pub([]byte{relayVersion, 1, 2}) // short
-	bad := msg(other, "eve", "x")
-	pub(bad[:len(bad)-1]) // truncated record
-	pub(msg(other, "bob", "from elsewhere"))
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	alice.nextIs(chatMsg{"bob", "from elsewhere"})
-	// The counters move just after the delivery.
-	eventually(t, clusterWait, "received 1, dropped 2", func() bool {
-		return metric(t, s.base, "gochat_cluster_received_total") == 1 &&
-			metric(t, s.base, "gochat_cluster_receive_drops_total") == 2
+	eventually(t, clusterWait, "the flood delivered or dropped", func() bool {
+		return metric(t, s.base, "gochat_cluster_received_total")+labeled(t, s.base, `gochat_cluster_dropped_total{reason="flood"}`) >= flood
 	})
-	alice.marker() // nothing else was delivered in the meantime
-	if h := alice.history(); len(h) != 3 {
-		t.Errorf("alice received %+v, want her join, bob's message and her marker", h)
+	if labeled(t, s.base, `gochat_cluster_dropped_total{reason="flood"}`) == 0 {
+		t.Error("nothing dropped: the ingress bound did not act")
 	}
-	if got := metric(t, s.base, "gochat_cluster_received_total"); got != 1 {
-		t.Errorf("received %v, want 1", got)
+	members[0].send(`{"content":"still here"}`)
+	for _, k := range members {
+		k.waitFor("m00", "still here")
 	}
-	if got := metric(t, s.base, "gochat_cluster_receive_drops_total"); got != 2 {
-		t.Errorf("dropped %v, want 2", got)
+	if v := metric(t, s.base, "gochat_slow_consumer_disconnects_total"); v != 0 {
+		t.Errorf("%v members evicted by the flood", v)
+	}
+}
+
+// History and resume come from the cluster: a client that reconnects to
+// another node with ?since resumes there exactly after its last message.
+func TestClusterResumeOnAnotherNode(t *testing.T) {
+	checkLeaks(t)
+	ns := startNATS(t, -1)
+	a, _ := startNode(t, ns, server.Config{})
+	b, _ := startNode(t, ns, server.Config{})
+	talker := dialV2(t, a.url+"?room=r1", "talker")
+	talker.nextIs("System", "talker joined the chat")
+	reader := dialV2(t, a.url+"?room=r1", "reader")
+	reader.nextIs("System", "reader joined the chat")
+	talker.nextIs("System", "reader joined the chat")
+	talker.send(`{"content":"one"}`)
+	last := reader.waitFor("talker", "one")
+	reader.close()
+	talker.waitFor("System", "reader left the chat")
+	talker.send(`{"content":"two"}`)
+	talker.send(`{"content":"three"}`)
+	talker.waitFor("talker", "three")
+
+	// Node B has never had room r1: its first member loads it.
+	back := dialV2(t, fmt.Sprintf("%s?room=r1&since=%d", b.url, last.ID), "reader")
+	back.nextIs("System", "reader left the chat")
+	two := back.nextIs("talker", "two")
+	back.nextIs("talker", "three")
+	back.nextIs("System", "reader joined the chat")
+	if two.ID <= last.ID {
+		t.Errorf("resumed id %d after %d", two.ID, last.ID)
+	}
+	// And ?history on B replays the same messages with the same ids.
+	h := dialV2(t, b.url+"?room=r1&history=10", "h")
+	if m := h.waitFor("talker", "two"); m.ID != two.ID {
+		t.Errorf("history on B: %+v, want id %d", m, two.ID)
+	}
+}
+
+// A node started while NATS is down serves its members, joins the cluster
+// when NATS comes, and what was said meanwhile reaches the cluster.
+func TestClusterNodeStartsBeforeNATS(t *testing.T) {
+	checkLeaks(t)
+	addr := freeLoopbackAddr(t)
+	_, portStr, _ := net.SplitHostPort(addr)
+	port, _ := strconv.Atoi(portStr)
+	a := startServer(t, server.Config{NATS: "nats://" + addr})
+	alice := dialV2(t, a.url, "alice")
+	alice.nextIs("System", "alice joined the chat")
+	alice.send(`{"content":"anyone?"}`)
+	alice.nextIs("alice", "anyone?")
+
+	ns := startNATS(t, port)
+	waitClustered(t, a)
+	b, _ := startNode(t, ns, server.Config{})
+	bob := dialV2(t, b.url+"?history=10", "bob")
+	bob.nextIs("System", "alice joined the chat")
+	bob.nextIs("alice", "anyone?")
+	bob.nextIs("System", "bob joined the chat")
+	alice.nextIs("System", "bob joined the chat")
+	alice.send(`{"content":"hi bob"}`)
+	bob.nextIs("alice", "hi bob")
+}
+
+// NATS unreachable: the outbox holds what members say up to its bound;
+// past it the sender is told and the refusal counted; local chat works.
+func TestClusterOutboxBound(t *testing.T) {
+	checkLeaks(t)
+	const size = 8 << 10
+	s := startServer(t, server.Config{NATS: "nats://" + freeLoopbackAddr(t), Rate: 1e5, Burst: 1e5, MaxContent: size, MaxMessage: 2 * size, SendQueue: 64 << 20})
+	alice := dialV2(t, s.url, "alice")
+	alice.nextIs("System", "alice joined the chat")
+	content := strings.Repeat("x", size)
+	for range 2 * (8 << 20) / size {
+		alice.send(fmt.Sprintf(`{"content":%q}`, content))
+	}
+	eventually(t, clusterWait, "a refusal told", func() bool {
+		return metric(t, s.base, "gochat_cluster_publish_rejects_total") > 0
+	})
+	for {
+		m := alice.next()
+		if m.Username == "System" && m.Content == "Error: Server busy, message not sent" {
+			break
+		}
+	}
+	if v := metric(t, s.base, "gochat_cluster_outbox_messages"); v == 0 {
+		t.Error("the outbox is empty while NATS is down")
 	}
 }
 
@@ -420,9 +816,8 @@ func TestClusterConfig(t *testing.T) {
 		}
 	}
 
-	// Credentials in the NATS URLs never reach the log (in-package this
-	// called redactURL; from outside, a node whose NATS is not reachable
-	// logs the URLs it keeps trying).
+	// Credentials in the NATS URLs never reach the log: a node whose NATS
+	// is not reachable logs the URLs it keeps trying.
 	h1, h2 := freeLoopbackAddr(t), freeLoopbackAddr(t)
 	s := startServer(t, server.Config{NATS: "nats://u:p@" + h1 + ",nats://" + h2})
 	want := `"url":"nats://[redacted]@` + h1 + `,nats://` + h2 + `"`

@@ -404,7 +404,7 @@ func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-// scrape reads every unlabeled series of base's /metrics.
+// scrape reads every series of base's /metrics.
 func scrape(t testing.TB, base string) (map[string]float64, error) {
 	t.Helper()
 	client := http.Client{Timeout: 5 * time.Second}
@@ -420,10 +420,16 @@ func scrape(t testing.TB, base string) (map[string]float64, error) {
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
 		line := sc.Text()
-		if line == "" || line[0] == '#' || strings.ContainsRune(line, '{') {
+		if line == "" || line[0] == '#' {
 			continue
 		}
-		name, v, ok := strings.Cut(line, " ")
+		// A labeled series is keyed by its whole name, labels included:
+		// gochat_cluster_dropped_total{reason="invalid"}.
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		name, v, ok := line[:i], line[i+1:], true
 		if !ok {
 			continue
 		}
@@ -644,32 +650,6 @@ func (k *chatClient) send(s string) {
 	}
 }
 
-// next returns the next message.
-func (k *chatClient) next() chatMsg {
-	k.t.Helper()
-	timer := time.NewTimer(chatWait)
-	defer timer.Stop()
-	select {
-	case m, ok := <-k.msgs:
-		if !ok {
-			k.t.Fatalf("%s: connection ended while waiting for a message", k.name)
-		}
-		return m
-	case <-timer.C:
-		k.t.Fatalf("%s: no message within %v", k.name, chatWait)
-		return chatMsg{}
-	}
-}
-
-// nextIs requires the next message to be want: nothing (no duplicate, no
-// stray notice) may come in between.
-func (k *chatClient) nextIs(want chatMsg) {
-	k.t.Helper()
-	if got := k.next(); got != want {
-		k.t.Fatalf("%s: got %+v, want %+v", k.name, got, want)
-	}
-}
-
 // waitFor reads until want arrives; other traffic may come first.
 func (k *chatClient) waitFor(want chatMsg) {
 	k.t.Helper()
@@ -706,6 +686,3 @@ func (k *chatClient) history() []chatMsg {
 	defer k.mu.Unlock()
 	return append([]chatMsg(nil), k.hist...)
 }
-
-// close runs the closing handshake with a normal closure.
-func (k *chatClient) close() { k.c.Close(websocket.StatusNormalClosure, "") }

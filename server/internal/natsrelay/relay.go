@@ -1,154 +1,185 @@
-// Package natsrelay carries a gochat hub's messages to the other nodes of a
-// cluster through NATS, and theirs back (SPEC §6). It implements chat.Relay;
-// the hub does not know it is NATS, and this package does not know the hub:
-// what other nodes publish goes to the Inbound function it was given.
+// Package natsrelay joins the rooms of several gochat nodes through NATS
+// JetStream (SPEC §9). It implements chat.Relay; the hub does not know it
+// is NATS, and this package reaches the hub only through the small Hub
+// interface.
+//
+// The stream orders each room. A node publishes what its members say (and
+// their joins and leaves) to the room's subject of one stream, with a
+// message id of its own (node id and a counter) that JetStream uses to
+// drop a duplicate when a publish is retried. The stream stores the
+// message, gives it a sequence number, and republishes it with that
+// number to the room's live subject; every node with members in the room,
+// the sender's included, subscribes to that subject (interest routing) and
+// delivers the message with an id made of the sequence (chat.IDsPerSeq).
+// So every member on every node sees every message once, in one order per
+// room, with one id everywhere; the stream keeps the rooms' recent
+// messages, from which a node fills any gap in what it received (the
+// republished sequence carries the room's previous one), catches up after
+// NATS was away, and loads a room's history when its first member here
+// joins, so history and resume work on any node.
+//
+// NATS down, restarted or hung: a node's accepted messages wait in a
+// bounded outbox and are published when NATS is back (exactly once,
+// thanks to the message ids); while it is away, or publishes stall for
+// longer than stallAfter, the node delivers its own members' messages at
+// once (ids between the cluster's), so local chat continues, and the
+// stream's copy, when it comes back, is not delivered again here. A full
+// outbox refuses the message and the sender is told. Pings every second
+// notice a hung server within a few seconds.
+//
+// Goroutines: the publisher, the receiver, and the NATS client's own; none
+// grows with connections or rooms (room subscriptions share one channel).
 package natsrelay
 
 import (
+	"context"
 	cryptorand "crypto/rand"
-	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 	"unicode"
 
-	"log/slog"
-
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"gochat/server/internal/chat"
 )
 
-// Relay relays the chat between gochat nodes through NATS (SPEC §6): every
-// message and notice the local hub accepts is also published on one NATS
-// subject, and what other nodes publish there is handed to Inbound, for the
-// local members only (never republished).
-//
-// Hot path. The hub hands each accepted message to Publish, which only
-// appends a compact binary record to an in-memory queue under a mutex: no
-// JSON, no per-recipient work, and no worker ever writes to the NATS socket.
-// One relay goroutine takes the whole queue at a time and publishes it as a
-// few NATS messages (up to relayChunk bytes each), so under load the NATS
-// cost per chat message falls just as the hub's does. The queue is bounded
-// (maxRelayQueue); past it, and whenever NATS refuses a publish (down longer
-// than its reconnect buffer covers), records are dropped and counted in
-// gochat_cluster_publish_errors_total. Local chat never waits on NATS.
-//
-// Order. A sender's messages are enqueued one after the other by its
-// connection's owner, so they enter the relay queue in send order, leave it
-// in order on one NATS connection, which NATS delivers in publication order
-// to each subscriber, whose single subscription goroutine enqueues them in
-// order into its hub. Per sender, every receiver on every node sees send
-// order; messages of different senders may interleave differently on
-// different nodes.
-//
-// Wire format of one NATS message: version byte (relayVersion), the 8-byte
-// node id of the publisher, then records, each three length-prefixed
-// fields: uvarint(len(room)) room uvarint(len(name)) name
-// uvarint(len(content)) content. The node id lets a node drop its own
-// messages should they ever come back (the connection also asks the server
-// for NoEcho, so normally they do not).
-//
-// Goroutines: the relay goroutine plus the NATS client's own (reader,
-// flusher, callbacks, one subscription); none grows with connections.
-//
-// Known limitation: usernames are unique per node only. Two clients on two
-// nodes may both join as "alice"; their messages are then indistinguishable
-// to receivers. Every node also trusts whatever is published on the subject:
-// NATS must be reachable by gochat nodes only.
+// Hub is what the relay needs of the chat hub (chat.Hub implements it).
+type Hub interface {
+	Deliver(room string, id uint64, ts int64, m *chat.Message) error
+	Load(room string, id uint64, ts int64, m *chat.Message)
+	Forget(room string, id uint64)
+}
+
+// Config says where the relay connects and what it keeps.
+type Config struct {
+	URL     string // NATS URL, or comma-separated URLs
+	Subject string // subject prefix of the cluster's rooms; names the stream
+	// MaxContent is the nodes' -max-content: records above it are dropped.
+	MaxContent int
+	// History and HistoryAge are the rooms' history bounds; the stream
+	// keeps at least as much of every room.
+	History    int
+	HistoryAge time.Duration
+}
+
+// Relay is one node's link to the cluster. See the package comment.
 type Relay struct {
+	cfg     Config
 	log     *slog.Logger
-	inbound Inbound
+	hub     Hub
 	nc      *nats.Conn
-	subject string
-	id      [8]byte // this node, in every message it publishes
+	js      jetstream.JetStream
+	node    string // this node's id: the prefix of its message ids
+	stream  string // the stream's name
+	inPfx   string // prefix of the subjects the stream stores: inPfx + room token
+	livePfx string // prefix of the subjects it republishes to
 
-	mu      sync.Mutex // Protects following.
-	queue   []byte     // records waiting for the relay goroutine
-	spare   []byte     // the relay's previous queue, reused
-	stopped bool       // Close has begun: Publish drops
+	// stream is set by the publisher once the stream exists on the server
+	// (again after every reconnect); nil while it does not.
+	streamH atomic.Pointer[jetstream.Stream]
 
-	wake   chan struct{} // cap 1: the queue became non-empty, or stop
-	done   chan struct{} // closed when the relay goroutine returns
-	closed chan struct{} // closed by the NATS ClosedHandler
-	ending atomic.Bool   // Close has begun: inbound retries stop
+	out     outbox   // publisher side (outbox.go)
+	in      receiver // receiver side (receive.go)
+	metrics metrics
 
-	publishErrors prometheus.Counter
-	received      prometheus.Counter
-	dropped       prometheus.Counter
+	quit    chan struct{} // closed by Close
+	pubDone chan struct{} // closed when the publisher returns
+	rcvDone chan struct{} // closed when the receiver returns
+	closed  chan struct{} // closed by the NATS ClosedHandler
+	started atomic.Bool
 }
 
 const (
-	relayVersion  = 2
-	relayHeader   = 1 + 8    // version, node id
-	relayChunk    = 64 << 10 // target NATS payload per publish
-	maxRelayQueue = 8 << 20  // bytes of records waiting; beyond, drop
-	reconnectBuf  = 1 << 20  // NATS client buffer while disconnected
-	drainTimeout  = 2 * time.Second
-	busyRetries   = 40 // receive side: waits ~1s in all for a full hub queue
+	reconnectBuf = 4 << 20 // NATS client buffer while disconnected
+	drainTimeout = 2 * time.Second
+	// stallAfter is how long a publish may wait for the stream's ack
+	// before the node treats the cluster as out of reach and delivers its
+	// members' messages itself.
+	stallAfter = 2 * time.Second
+	// apiTimeout bounds one JetStream API call (stream info, fetch).
+	apiTimeout = 2 * time.Second
+	// dedupWindow is how long the stream remembers message ids: a node
+	// cut off from NATS for longer may, on retrying, duplicate a message
+	// whose ack it never got.
+	dedupWindow = 10 * time.Minute
+	// minKeep is the fewest messages the stream keeps of each room, for
+	// nodes that fell behind, whatever -history is.
+	minKeep = 1000
 )
 
-// Inbound takes a message another node published in room, for the local
-// members only. It reads its arguments only during the call, and fails
-// when the room's broadcast queue is full.
-type Inbound func(room, name, content []byte) error
-
-// Config says where the relay connects.
-type Config struct {
-	URL     string // NATS URL, or comma-separated URLs
-	Subject string // the subject the nodes of one chat share
+// metrics are the relay's series. None has a room label.
+type metrics struct {
+	published, received prometheus.Counter
+	rejected            prometheus.Counter
+	recovered, lost     prometheus.Counter
+	dropped             *prometheus.CounterVec
+	localDeliveries     prometheus.Counter
 }
 
-// New connects to cfg.URL and subscribes to cfg.Subject; its metrics go to
-// reg. If the server is not reachable yet, the connection keeps retrying in
-// the background (forever, with capped exponential backoff) and local chat
-// works meanwhile.
-func New(cfg Config, inbound Inbound, reg prometheus.Registerer, log *slog.Logger) (*Relay, error) {
-	c := &Relay{
-		log:     log,
-		inbound: inbound,
-		subject: cfg.Subject,
-		wake:    make(chan struct{}, 1),
-		done:    make(chan struct{}),
-		closed:  make(chan struct{}),
-	}
-	if _, err := cryptorand.Read(c.id[:]); err != nil {
+// New connects to cfg.URL (in the background if NATS is not reachable
+// yet: local chat works meanwhile) and registers the relay's metrics; Start
+// begins relaying.
+func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Relay, error) {
+	var id [8]byte
+	if _, err := cryptorand.Read(id[:]); err != nil {
 		return nil, fmt.Errorf("gochat: node id: %w", err)
 	}
-	counter := func(name, help string) prometheus.Counter {
-		m := prometheus.NewCounter(prometheus.CounterOpts{Namespace: "gochat", Name: name, Help: help})
-		reg.MustRegister(m)
-		return m
+	c := &Relay{
+		cfg:     cfg,
+		log:     log.With("component", "nats"),
+		node:    hex.EncodeToString(id[:]),
+		stream:  streamName(cfg.Subject),
+		inPfx:   cfg.Subject + ".in.",
+		livePfx: cfg.Subject + ".live.",
+		quit:    make(chan struct{}),
+		pubDone: make(chan struct{}),
+		rcvDone: make(chan struct{}),
+		closed:  make(chan struct{}),
 	}
-	c.publishErrors = counter("cluster_publish_errors_total", "Messages not relayed to other nodes (NATS down past its reconnect buffer, or relay queue full).")
-	c.received = counter("cluster_received_total", "Messages and notices received from other nodes through NATS.")
-	c.dropped = counter("cluster_receive_drops_total", "Messages from other nodes dropped: malformed, or the local broadcast queue stayed full.")
+	c.out.init()
+	c.in.init()
+	c.registerMetrics(reg)
 
-	log = log.With("component", "nats")
-	nodeName := "gochat-" + hex.EncodeToString(c.id[:])
+	log = c.log
+	nodeName := "gochat-" + c.node
 	opts := []nats.Option{
 		nats.Name(nodeName),
-		nats.NoEcho(),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true),
 		nats.IgnoreAuthErrorAbort(),
 		nats.CustomReconnectDelay(reconnectDelay),
 		nats.ReconnectBufSize(reconnectBuf),
-		nats.FlusherTimeout(5 * time.Second),
+		// A hung server (accepting nothing, answering nothing) is noticed
+		// after two unanswered pings: within about three seconds.
+		nats.PingInterval(time.Second),
+		nats.MaxPingsOutstanding(2),
+		nats.FlusherTimeout(2 * time.Second),
 		nats.DrainTimeout(drainTimeout),
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			log.Info("nats connected", "url", nc.ConnectedUrlRedacted(), "node", nodeName)
+			c.reconnected()
 		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			log.Warn("nats disconnected; local chat continues, reconnecting", "err", err)
+			c.streamH.Store(nil)
+			c.out.poke()
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted())
+			c.reconnected()
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrSlowConsumer) {
+				return // the receiver fills the gap from the stream, counted there
+			}
 			log.Warn("nats error", "err", err)
 		}),
 		nats.ClosedHandler(func(*nats.Conn) {
@@ -161,22 +192,104 @@ func New(cfg Config, inbound Inbound, reg prometheus.Registerer, log *slog.Logge
 		return nil, fmt.Errorf("gochat: nats %s: %w", RedactURL(cfg.URL), err)
 	}
 	c.nc = nc
-	if _, err := nc.Subscribe(c.subject, c.onMsg); err != nil {
+	if c.js, err = jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(2*maxInFlight)); err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("gochat: nats subscribe %q: %w", c.subject, err)
+		return nil, fmt.Errorf("gochat: jetstream: %w", err)
 	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "gochat", Name: "cluster_connected",
-		Help: "1 while the NATS connection to the other nodes is up."}, func() float64 {
-		if nc.IsConnected() {
-			return 1
-		}
-		return 0
-	}))
+		Help: "1 while the connection to NATS is up."}, func() float64 { return b2f(nc.IsConnected()) }))
 	if !nc.IsConnected() {
 		log.Warn("nats not reachable yet; retrying in the background, local chat works meanwhile", "url", RedactURL(cfg.URL))
 	}
-	go c.relay()
 	return c, nil
+}
+
+// Start begins relaying to and from hub.
+func (c *Relay) Start(hub Hub) {
+	c.hub = hub
+	c.started.Store(true)
+	go c.publish()
+	go c.receive()
+	c.out.poke()
+}
+
+func (c *Relay) registerMetrics(reg prometheus.Registerer) {
+	counter := func(name, help string) prometheus.Counter {
+		m := prometheus.NewCounter(prometheus.CounterOpts{Namespace: "gochat", Name: name, Help: help})
+		reg.MustRegister(m)
+		return m
+	}
+	m := &c.metrics
+	m.published = counter("cluster_published_total", "Messages and presence changes this node stored in the cluster's stream.")
+	m.received = counter("cluster_received_total", "Messages and presence changes received from the cluster's stream (this node's own included) and delivered here.")
+	m.rejected = counter("cluster_publish_rejects_total", "Messages refused because the outbox to the cluster was full; each sender was told.")
+	m.recovered = counter("cluster_recovered_total", "Messages this node missed live (slow subscription, NATS away) and then took from the stream.")
+	m.lost = counter("cluster_lost_total", "Messages this node could not get from the stream after missing them live (the stream no longer had them, or NATS failed meanwhile).")
+	m.localDeliveries = counter("cluster_local_deliveries_total", "Messages this node delivered to its own members without the cluster, while it was out of reach.")
+	m.dropped = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "gochat", Name: "cluster_dropped_total",
+		Help: "Records from the stream not delivered: invalid (not what a node publishes), flood (over the ingress bound), busy (the room's queue stayed full)."},
+		[]string{"reason"})
+	for _, r := range []string{dropInvalid, dropFlood, dropBusy} {
+		m.dropped.WithLabelValues(r)
+	}
+	reg.MustRegister(m.dropped)
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "gochat", Name: "cluster_outbox_messages",
+		Help: "Messages accepted here and not yet stored in the cluster's stream."}, func() float64 { return float64(c.out.pending()) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "gochat", Name: "cluster_outbox_age_seconds",
+		Help: "Age of the oldest message waiting in the outbox: the relay's lag."}, func() float64 { return c.out.age().Seconds() }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "gochat", Name: "cluster_degraded",
+		Help: "1 while the cluster is out of reach and this node delivers its members' messages itself."}, func() float64 { return b2f(c.out.isDegraded()) }))
+}
+
+const (
+	dropInvalid = "invalid"
+	dropFlood   = "flood"
+	dropBusy    = "busy"
+)
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// reconnected runs on every (re)connection: the stream must be checked
+// again (the server may have lost it), then every room caught up.
+func (c *Relay) reconnected() {
+	c.streamH.Store(nil)
+	c.out.poke()
+}
+
+// ensureStream creates or updates the cluster's stream. Run by the
+// publisher; on success the receiver catches every room up.
+func (c *Relay) ensureStream() error {
+	age := c.cfg.HistoryAge
+	if age > 0 {
+		age = max(age, dedupWindow)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+	defer cancel()
+	st, err := c.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:              c.stream,
+		Description:       "gochat rooms (" + c.cfg.Subject + ")",
+		Subjects:          []string{c.inPfx + "*"},
+		Storage:           jetstream.FileStorage,
+		Retention:         jetstream.LimitsPolicy,
+		Discard:           jetstream.DiscardOld,
+		MaxMsgsPerSubject: int64(max(c.cfg.History, minKeep)),
+		MaxAge:            age,
+		MaxMsgSize:        maxRecord,
+		Duplicates:        dedupWindow,
+		AllowDirect:       true,
+		RePublish:         &jetstream.RePublish{Source: c.inPfx + "*", Destination: c.livePfx + "{{wildcard(1)}}"},
+	})
+	if err != nil {
+		return err
+	}
+	c.streamH.Store(&st)
+	c.in.post(c.catchUpAll)
+	return nil
 }
 
 // reconnectDelay backs off 250 ms doubling to 5 s, plus up to 25% jitter so
@@ -186,145 +299,18 @@ func reconnectDelay(attempts int) time.Duration {
 	return d + rand.N(d/4+1)
 }
 
-// Publish queues one accepted message or notice for the other nodes. It
-// never blocks on NATS. Safe for concurrent use.
-func (c *Relay) Publish(room, name string, content []byte) {
-	c.mu.Lock()
-	if c.stopped {
-		c.mu.Unlock()
-		return
-	}
-	if len(c.queue) > maxRelayQueue {
-		c.mu.Unlock()
-		c.publishErrors.Inc()
-		return
-	}
-	idle := len(c.queue) == 0
-	c.queue = appendRecord(c.queue, room, name, content)
-	if idle {
-		select {
-		case c.wake <- struct{}{}:
-		default: // the relay is already due to take the queue
-		}
-	}
-	c.mu.Unlock()
-}
-
-// relay publishes the queue until close, then what was queued before it.
-func (c *Relay) relay() {
-	defer close(c.done)
-	out := make([]byte, relayHeader, relayHeader+relayChunk)
-	out[0] = relayVersion
-	copy(out[1:], c.id[:])
-	failing := false
-	for {
-		<-c.wake // a value, or closed by close
-		c.mu.Lock()
-		batch := c.queue
-		c.queue, c.spare = c.spare[:0], nil
-		stopped := c.stopped
-		c.mu.Unlock()
-		out, failing = c.send(batch, out, failing)
-		if cap(batch) <= 4*relayChunk { // keep a moderate buffer, not a burst's
-			c.mu.Lock()
-			c.spare = batch[:0]
-			c.mu.Unlock()
-		}
-		if stopped {
-			return
-		}
-	}
-}
-
-// send publishes batch as NATS messages of about relayChunk bytes each,
-// split between records. out holds the header. Run by the relay only.
-func (c *Relay) send(batch, out []byte, failing bool) ([]byte, bool) {
-	for len(batch) > 0 {
-		n, records := 0, 0
-		for n < len(batch) {
-			l := recordLen(batch[n:])
-			if n > 0 && n+l > relayChunk {
-				break
-			}
-			n += l
-			records++
-		}
-		out = append(out[:relayHeader], batch[:n]...)
-		batch = batch[n:]
-		if err := c.nc.Publish(c.subject, out); err != nil {
-			c.publishErrors.Add(float64(records))
-			if !failing {
-				c.log.Warn("nats publish failing; messages not relayed to other nodes", "err", err)
-			}
-			failing = true
-			continue
-		}
-		if failing {
-			c.log.Info("nats publish recovered")
-		}
-		failing = false
-	}
-	return out, failing
-}
-
-// onMsg broadcasts to the local members what another node published. It
-// runs on the subscription's goroutine, one message at a time, in order.
-func (c *Relay) onMsg(m *nats.Msg) {
-	d := m.Data
-	if len(d) < relayHeader || d[0] != relayVersion {
-		c.dropped.Inc()
-		return
-	}
-	if [8]byte(d[1:relayHeader]) == c.id {
-		return // our own, come back
-	}
-	d = d[relayHeader:]
-	n := 0
-	for len(d) > 0 {
-		room, name, content, rest, ok := readRecord(d)
-		if !ok {
-			c.dropped.Inc()
-			break
-		}
-		d = rest
-		n++
-		c.deliver(room, name, content)
-	}
-	c.received.Add(float64(n))
-}
-
-// deliver hands a remote message to Inbound. A full local queue is
-// retried for about a second (this goroutine may wait; workers never do),
-// then the message is dropped and counted.
-func (c *Relay) deliver(room, name, content []byte) {
-	for try := 0; ; try++ {
-		if c.inbound(room, name, content) == nil {
-			return
-		}
-		if try == busyRetries || c.ending.Load() {
-			c.dropped.Inc()
-			return
-		}
-		time.Sleep(time.Millisecond << min(try, 5))
-	}
-}
-
-// Close flushes what is queued, drains the NATS connection (bounded by
-// drainTimeout) and waits for it to close. Later calls return at once.
+// Close publishes what the outbox holds (for up to drainTimeout), stops
+// receiving and closes the NATS connection. Later calls return at once.
 func (c *Relay) Close() {
-	c.ending.Store(true)
-	c.mu.Lock()
-	if c.stopped {
-		c.mu.Unlock()
-		return
-	}
-	c.stopped = true
-	close(c.wake) // the relay publishes the rest and returns
-	c.mu.Unlock()
 	select {
-	case <-c.done:
-	case <-time.After(drainTimeout):
-		// Stuck on a NATS socket that accepts nothing: closing it ends the write.
+	case <-c.quit:
+		return
+	default:
+	}
+	close(c.quit)
+	if c.started.Load() {
+		<-c.pubDone
+		<-c.rcvDone
 	}
 	if err := c.nc.Drain(); err != nil {
 		c.nc.Close()
@@ -335,43 +321,27 @@ func (c *Relay) Close() {
 		c.nc.Close()
 		<-c.closed
 	}
-	<-c.done
 }
 
-// appendRecord appends one relay record.
-func appendRecord(dst []byte, room, name string, content []byte) []byte {
-	dst = binary.AppendUvarint(dst, uint64(len(room)))
-	dst = append(dst, room...)
-	dst = binary.AppendUvarint(dst, uint64(len(name)))
-	dst = append(dst, name...)
-	dst = binary.AppendUvarint(dst, uint64(len(content)))
-	return append(dst, content...)
-}
+// Room names (SPEC §8: a-z 0-9 - _ .) become one subject token each: '.'
+// separates tokens, so it is written '~', which no room name has.
+func roomToken(room string) string { return strings.ReplaceAll(room, ".", "~") }
+func tokenRoom(tok string) string  { return strings.ReplaceAll(tok, "~", ".") }
 
-// recordLen is the length of the well-formed record at the start of b.
-func recordLen(b []byte) int {
-	i := 0
-	for range 3 {
-		l, k := binary.Uvarint(b[i:])
-		i += k + int(l)
-	}
-	return i
-}
-
-// readRecord splits the first record off b; ok is false if b is malformed.
-func readRecord(b []byte) (room, name, content, rest []byte, ok bool) {
-	var f [3][]byte
-	for i := range f {
-		l, k := binary.Uvarint(b)
-		if k <= 0 || l > uint64(len(b)-k) {
-			return nil, nil, nil, nil, false
+// streamName derives the stream's name from the subject prefix.
+func streamName(subject string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z':
+			return r - 'a' + 'A'
+		case r >= 'A' && r <= 'Z', r >= '0' && r <= '9':
+			return r
 		}
-		f[i], b = b[k:k+int(l)], b[k+int(l):]
-	}
-	return f[0], f[1], f[2], b, true
+		return '_'
+	}, subject)
 }
 
-// ValidSubject reports whether s is a NATS subject one can publish to:
+// ValidSubject reports whether s can prefix the cluster's subjects:
 // dot-separated non-empty tokens, no whitespace, no wildcards.
 func ValidSubject(s string) bool {
 	if s == "" {

@@ -2,28 +2,102 @@ package natsrelay
 
 import (
 	"bytes"
+	"strings"
 	"testing"
+
+	"gochat/server/internal/chat"
 )
 
-func TestRecordsRoundTripAndMalformedAreRefused(t *testing.T) {
-	var b []byte
-	b = appendRecord(b, "lobby", "alice", []byte("hi"))
-	b = appendRecord(b, "r2", "System", []byte("bob joined the chat"))
-	if n := recordLen(b); n != len(appendRecord(nil, "lobby", "alice", []byte("hi"))) {
-		t.Fatalf("recordLen %d", n)
-	}
-	room, name, content, rest, ok := readRecord(b)
-	if !ok || string(room) != "lobby" || string(name) != "alice" || string(content) != "hi" {
-		t.Fatalf("first record: %q %q %q %v", room, name, content, ok)
-	}
-	room, name, content, rest, ok = readRecord(rest)
-	if !ok || string(room) != "r2" || string(name) != "System" || !bytes.Equal(content, []byte("bob joined the chat")) || len(rest) != 0 {
-		t.Fatalf("second record: %q %q %q %v rest %d", room, name, content, ok, len(rest))
-	}
-	for cut := 1; cut < len(b)/2; cut++ {
-		if _, _, _, _, ok := readRecord(b[:cut]); ok && cut < recordLen(b) {
-			t.Fatalf("truncated record of %d bytes accepted", cut)
+func TestRecordRoundTrip(t *testing.T) {
+	for _, m := range []chat.Message{
+		{Kind: chat.KindChat, Count: 1, Name: "alice", Content: []byte("hi <b>there</b>")},
+		{Kind: chat.KindJoined, Count: 1, Name: "bob"},
+		{Kind: chat.KindLeft, Count: 1312, Name: "bob", Name2: "Zoë"},
+	} {
+		var got chat.Message
+		if err := parseRecord(appendRecord(nil, &m), &got, 2000); err != nil {
+			t.Fatalf("%+v: %v", m, err)
 		}
+		if got.Kind != m.Kind || got.Count != m.Count || got.Name != m.Name || got.Name2 != m.Name2 || !bytes.Equal(got.Content, m.Content) {
+			t.Fatalf("round trip %+v → %+v", m, got)
+		}
+	}
+}
+
+// What no gochat node publishes is refused, as a client's input would be.
+func TestRecordValidation(t *testing.T) {
+	long := strings.Repeat("é", 2001)
+	for name, m := range map[string]chat.Message{
+		"System chat":          {Kind: chat.KindChat, Count: 1, Name: "System", Content: []byte("please re-enter your password")},
+		"System lookalike":     {Kind: chat.KindChat, Count: 1, Name: "SYSTEM", Content: []byte("x")},
+		"Cyrillic System":      {Kind: chat.KindChat, Count: 1, Name: "Ѕуѕtеm", Content: []byte("x")},
+		"bidi name":            {Kind: chat.KindChat, Count: 1, Name: "al\u202eice", Content: []byte("x")},
+		"untrimmed name":       {Kind: chat.KindChat, Count: 1, Name: " alice", Content: []byte("x")},
+		"long name":            {Kind: chat.KindChat, Count: 1, Name: strings.Repeat("a", 33), Content: []byte("x")},
+		"empty name":           {Kind: chat.KindChat, Count: 1, Content: []byte("x")},
+		"content too long":     {Kind: chat.KindChat, Count: 1, Name: "alice", Content: []byte(long)},
+		"blank content":        {Kind: chat.KindChat, Count: 1, Name: "alice", Content: []byte(" \t")},
+		"invalid UTF-8":        {Kind: chat.KindChat, Count: 1, Name: "alice", Content: []byte{'a', 0xff}},
+		"chat with name2":      {Kind: chat.KindChat, Count: 1, Name: "alice", Name2: "bob", Content: []byte("x")},
+		"chat count 2":         {Kind: chat.KindChat, Count: 2, Name: "alice", Content: []byte("x")},
+		"notice with text":     {Kind: chat.KindJoined, Count: 1, Name: "alice", Content: []byte("joined, enter your password")},
+		"notice count 0":       {Kind: chat.KindLeft, Count: 0, Name: "alice"},
+		"notice 2, one name":   {Kind: chat.KindLeft, Count: 2, Name: "alice"},
+		"notice 1, two names":  {Kind: chat.KindLeft, Count: 1, Name: "alice", Name2: "bob"},
+		"notice System name2":  {Kind: chat.KindJoined, Count: 3, Name: "alice", Name2: "system"},
+		"notice count too big": {Kind: chat.KindJoined, Count: maxCount + 1, Name: "alice", Name2: "bob"},
+		"unknown kind":         {Kind: 9, Count: 1, Name: "alice"},
+	} {
+		var got chat.Message
+		if err := parseRecord(appendRecord(nil, &m), &got, 2000); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	good := appendRecord(nil, &chat.Message{Kind: chat.KindChat, Count: 1, Name: "alice", Content: []byte("hi")})
+	for cut := range len(good) {
+		var got chat.Message
+		if parseRecord(good[:cut], &got, 2000) == nil {
+			t.Errorf("record cut to %d bytes accepted", cut)
+		}
+	}
+	var got chat.Message
+	if parseRecord(append(good[:len(good):len(good)], 0), &got, 2000) == nil {
+		t.Error("trailing byte accepted")
+	}
+	old := append([]byte{2}, good[1:]...)
+	if parseRecord(old, &got, 2000) == nil {
+		t.Error("other version accepted")
+	}
+	if parseRecord(append(good[:2:2], make([]byte, maxRecord)...), &got, 1<<20) == nil {
+		t.Error("oversized record accepted")
+	}
+}
+
+// FuzzParseRecord: whatever the bytes, parsing never panics, and what it
+// accepts encodes back to the same bytes.
+func FuzzParseRecord(f *testing.F) {
+	f.Add(appendRecord(nil, &chat.Message{Kind: chat.KindChat, Count: 1, Name: "alice", Content: []byte("hi")}))
+	f.Add(appendRecord(nil, &chat.Message{Kind: chat.KindLeft, Count: 5, Name: "a", Name2: "b"}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var m chat.Message
+		if parseRecord(b, &m, 2000) != nil {
+			return
+		}
+		if again := appendRecord(nil, &m); !bytes.Equal(again, b) {
+			t.Fatalf("accepted %x, re-encodes as %x", b, again)
+		}
+	})
+}
+
+func TestRoomTokens(t *testing.T) {
+	for _, room := range []string{"lobby", "a.b", "a..b-c_d.", "x"} {
+		tok := roomToken(room)
+		if strings.Contains(tok, ".") || tokenRoom(tok) != room {
+			t.Errorf("%q → %q → %q", room, tok, tokenRoom(tok))
+		}
+	}
+	if streamName("gochat.room") != "GOCHAT_ROOM" {
+		t.Errorf("stream name %q", streamName("gochat.room"))
 	}
 }
 

@@ -1,0 +1,343 @@
+package natsrelay
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"gochat/server/internal/chat"
+)
+
+// receiver is the receiving side: the live subscriptions of the rooms that
+// have members here, all feeding one channel read by one goroutine, which
+// also runs the watch/unwatch/catch-up tasks, so a room's state is touched
+// by that goroutine only.
+type receiver struct {
+	live  chan *nats.Msg      // every room's live subscription
+	rooms map[string]*roomSub // receive goroutine only
+
+	mu    sync.Mutex // Protects tasks.
+	tasks []func()
+	wake  chan struct{} // cap 1: tasks were posted
+
+	// Ingress bound on other nodes' records (receive goroutine only).
+	tokens float64
+	filled time.Time
+}
+
+// roomSub is one watched room on the receive goroutine.
+type roomSub struct {
+	name    string
+	subject string // where the stream keeps the room
+	sub     *nats.Subscription
+	last    uint64    // the room's newest stream sequence delivered or loaded here
+	known   bool      // last is the room's state in the stream (else: caught up from created)
+	created time.Time // when its first session here arrived
+}
+
+const (
+	// liveBuffer is the messages the live subscriptions may hold for the
+	// receiver; past it NATS drops them and the receiver takes them from
+	// the stream instead.
+	liveBuffer = 64 << 10
+	// maxIngress bounds the records per second this node takes from other
+	// nodes, with as large a burst: a flood on the bus is dropped and
+	// counted rather than fanned out to every member here.
+	maxIngress = 20_000
+	// fetchBatch is the messages asked of the stream at a time.
+	fetchBatch = 256
+)
+
+func (in *receiver) init() {
+	in.live = make(chan *nats.Msg, liveBuffer)
+	in.rooms = make(map[string]*roomSub)
+	in.wake = make(chan struct{}, 1)
+	in.tokens = maxIngress
+}
+
+// post runs f on the receive goroutine. It never blocks.
+func (in *receiver) post(f func()) {
+	in.mu.Lock()
+	in.tasks = append(in.tasks, f)
+	in.mu.Unlock()
+	select {
+	case in.wake <- struct{}{}:
+	default:
+	}
+}
+
+// allow takes one token of the ingress bound.
+func (in *receiver) allow() bool {
+	now := time.Now()
+	in.tokens = min(maxIngress, in.tokens+now.Sub(in.filled).Seconds()*maxIngress)
+	in.filled = now
+	if in.tokens < 1 {
+		return false
+	}
+	in.tokens--
+	return true
+}
+
+// Watch subscribes to the room and loads its history (chat.Relay).
+func (c *Relay) Watch(name string) <-chan struct{} {
+	done := make(chan struct{})
+	c.in.post(func() {
+		c.watch(name)
+		close(done)
+	})
+	return done
+}
+
+// Unwatch drops the room's subscription (chat.Relay).
+func (c *Relay) Unwatch(name string) {
+	c.in.post(func() { c.unwatch(name) })
+}
+
+// receive is the receive goroutine.
+func (c *Relay) receive() {
+	defer close(c.rcvDone)
+	in := &c.in
+	for {
+		select {
+		case <-c.quit:
+			for _, rs := range in.rooms {
+				if rs.sub != nil {
+					_ = rs.sub.Unsubscribe()
+				}
+			}
+			return
+		case m := <-in.live:
+			c.onLive(m)
+		case <-in.wake:
+			in.mu.Lock()
+			tasks := in.tasks
+			in.tasks = nil
+			in.mu.Unlock()
+			for _, f := range tasks {
+				f()
+			}
+		}
+	}
+}
+
+func (c *Relay) watch(name string) {
+	in := &c.in
+	if in.rooms[name] != nil {
+		return
+	}
+	tok := roomToken(name)
+	rs := &roomSub{name: name, subject: c.inPfx + tok, created: time.Now()}
+	sub, err := c.nc.ChanSubscribe(c.livePfx+tok, in.live)
+	if err != nil {
+		c.log.Warn("cannot subscribe to a room", "err", err)
+	} else {
+		_ = sub.SetPendingLimits(-1, -1) // the channel's capacity is the bound
+		rs.sub = sub
+	}
+	in.rooms[name] = rs
+	c.load(rs)
+}
+
+func (c *Relay) unwatch(name string) {
+	in := &c.in
+	if rs := in.rooms[name]; rs != nil {
+		if rs.sub != nil {
+			_ = rs.sub.Unsubscribe()
+		}
+		delete(in.rooms, name)
+	}
+}
+
+// load takes the room's state from the stream: its newest sequence, and
+// its recent messages into the room's history. If the stream cannot be
+// reached, the room is caught up from its creation once it can.
+func (c *Relay) load(rs *roomSub) {
+	st := c.streamH.Load()
+	if st == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+	defer cancel()
+	raw, err := (*st).GetLastMsgForSubject(ctx, rs.subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		rs.known = true // the room has no messages kept
+		return
+	}
+	if err != nil {
+		c.log.Warn("cannot load a room's state from the stream", "err", err)
+		return
+	}
+	last := raw.Sequence
+	loaded := 0
+	if c.cfg.History > 0 {
+		cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{rs.subject}}
+		if c.cfg.HistoryAge > 0 {
+			from := time.Now().Add(-c.cfg.HistoryAge)
+			cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &from
+		}
+		err = c.replay(ctx, st, cfg, last, func(seq uint64, ts int64, _ string, data []byte) {
+			var m chat.Message
+			if parseRecord(data, &m, c.cfg.MaxContent) != nil {
+				c.metrics.dropped.WithLabelValues(dropInvalid).Inc()
+				return
+			}
+			c.hub.Load(rs.name, seq*chat.IDsPerSeq, ts, &m)
+			loaded++
+		})
+		if err != nil {
+			c.log.Warn("cannot load a room's history from the stream", "err", err)
+		}
+	}
+	if loaded == 0 {
+		c.hub.Forget(rs.name, last*chat.IDsPerSeq)
+	}
+	rs.last, rs.known = max(rs.last, last), true
+}
+
+// catchUpAll delivers what every room missed while NATS was away.
+func (c *Relay) catchUpAll() {
+	for _, rs := range c.in.rooms {
+		c.catchUp(rs, 0)
+	}
+}
+
+// catchUp delivers the room's messages after the last one delivered here
+// (or, if the room was never loaded, since it was created here), up to
+// upTo (0: all). It returns whether it got them all.
+func (c *Relay) catchUp(rs *roomSub, upTo uint64) bool {
+	st := c.streamH.Load()
+	if st == nil {
+		return false
+	}
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{rs.subject}}
+	if rs.known {
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, rs.last+1
+	} else {
+		from := rs.created
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &from
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*apiTimeout)
+	defer cancel()
+	n := 0
+	err := c.replay(ctx, st, cfg, upTo, func(seq uint64, ts int64, msgID string, data []byte) {
+		if seq <= rs.last {
+			return
+		}
+		c.deliver(rs, seq, ts, msgID, data)
+		n++
+	})
+	c.metrics.recovered.Add(float64(n))
+	if err != nil {
+		c.log.Warn("cannot catch a room up from the stream", "err", err)
+		return false
+	}
+	rs.known = true
+	if upTo > 0 {
+		rs.last = max(rs.last, upTo)
+	}
+	return true
+}
+
+// replay reads the stream's messages that cfg selects, oldest first, up to
+// sequence upTo (0: to the end), through a short-lived ordered consumer.
+func (c *Relay) replay(ctx context.Context, st *jetstream.Stream, cfg jetstream.OrderedConsumerConfig, upTo uint64,
+	fn func(seq uint64, ts int64, msgID string, data []byte)) error {
+	cfg.InactiveThreshold = 10 * time.Second
+	cons, err := (*st).OrderedConsumer(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	for {
+		batch, err := cons.FetchNoWait(fetchBatch)
+		if err != nil {
+			return err
+		}
+		n, pending := 0, uint64(0)
+		for m := range batch.Messages() {
+			md, err := m.Metadata()
+			if err != nil {
+				continue
+			}
+			n++
+			seq := md.Sequence.Stream
+			pending = md.NumPending
+			if upTo > 0 && seq > upTo {
+				pending = 0
+				continue
+			}
+			fn(seq, md.Timestamp.UnixMilli(), m.Headers().Get(nats.MsgIdHdr), m.Data())
+			if seq == upTo {
+				pending = 0
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			return err
+		}
+		if n == 0 || pending == 0 {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+// onLive handles one message the stream republished to a room's live
+// subject: in order, once, and with any gap before it filled from the
+// stream.
+func (c *Relay) onLive(m *nats.Msg) {
+	rs := c.in.rooms[tokenRoom(strings.TrimPrefix(m.Subject, c.livePfx))]
+	if rs == nil {
+		return // the room emptied here meanwhile
+	}
+	seq, err1 := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+	prev, err2 := strconv.ParseUint(m.Header.Get(jetstream.LastSequenceHeader), 10, 64)
+	at, err3 := time.Parse(time.RFC3339Nano, m.Header.Get(jetstream.TimeStampHeaer))
+	if err1 != nil || err2 != nil || err3 != nil || seq == 0 {
+		c.metrics.dropped.WithLabelValues(dropInvalid).Inc()
+		return // not from the stream
+	}
+	if !rs.known && !c.catchUp(rs, seq-1) {
+		return // NATS failed meanwhile: the reconnection catches the room up
+	}
+	if seq <= rs.last {
+		return // delivered already (a catch-up got it first)
+	}
+	if prev > rs.last && !c.catchUp(rs, seq-1) {
+		c.metrics.lost.Inc() // at least the one before this
+		rs.last = seq - 1
+	}
+	c.deliver(rs, seq, at.UnixMilli(), m.Header.Get(nats.MsgIdHdr), m.Data)
+}
+
+// deliver hands the room's members here one message the stream ordered.
+func (c *Relay) deliver(rs *roomSub, seq uint64, ts int64, msgID string, data []byte) {
+	rs.last = seq
+	own := false
+	if node, n, ok := strings.Cut(msgID, "."); ok && node == c.node {
+		own = true
+		if s, err := strconv.ParseUint(n, 10, 64); err == nil && c.out.echoed(s) {
+			return // delivered here while the cluster was out of reach
+		}
+	}
+	var m chat.Message
+	if parseRecord(data, &m, c.cfg.MaxContent) != nil {
+		c.metrics.dropped.WithLabelValues(dropInvalid).Inc()
+		return
+	}
+	if !own && !c.in.allow() {
+		c.metrics.dropped.WithLabelValues(dropFlood).Inc()
+		return
+	}
+	if c.hub.Deliver(rs.name, seq*chat.IDsPerSeq, ts, &m) != nil {
+		c.metrics.dropped.WithLabelValues(dropBusy).Inc()
+		return
+	}
+	c.metrics.received.Inc()
+}
