@@ -61,11 +61,23 @@ func (s *Server) routes() http.Handler {
 			_, _ = w.Write([]byte("draining\n"))
 			return
 		}
+		if s.relay != nil && s.relay.Degraded() {
+			// Still ready: its members chat among themselves and the
+			// cluster gets their messages later (SPEC §9).
+			_, _ = w.Write([]byte("ready (cluster out of reach)\n"))
+			return
+		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /rooms", func(w http.ResponseWriter, r *http.Request) {
-		rooms, total := s.hub.Rooms(maxListed)
+		rooms, total, ok := []chat.RoomInfo(nil), 0, false
+		if s.relay != nil {
+			rooms, total, ok = s.relay.Rooms(maxListed) // the whole cluster's
+		}
+		if !ok {
+			rooms, total = s.hub.Rooms(maxListed)
+		}
 		if rooms == nil {
 			rooms = []chat.RoomInfo{}
 		}
@@ -80,8 +92,14 @@ func (s *Server) routes() http.Handler {
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "bad room name"})
 			return
 		}
-		members, total, ok := s.hub.RoomMembers(name, maxListed)
+		members, total, ok := []string(nil), 0, false
+		if s.relay != nil {
+			members, total, ok = s.relay.RoomMembers(name, maxListed)
+		}
 		if !ok {
+			members, total, ok = s.hub.RoomMembers(name, maxListed)
+		}
+		if !ok || members == nil {
 			members = []string{} // an empty room does not exist: nobody is here
 		}
 		writeJSON(w, http.StatusOK, struct {

@@ -26,6 +26,13 @@ type Relay interface {
 	// call. Safe for concurrent use; a sender's messages must be published
 	// in order.
 	Publish(room string, m *Message) error
+	// Claim takes name, whose uniqueness key is key, for a member joining
+	// room here: chatmsg.ErrUsernameTaken if a member elsewhere in the
+	// cluster has it. May wait on the cluster, boundedly; called without
+	// the hub's locks.
+	Claim(room, key, name string) error
+	// Release gives the name back: the member left. Must not block.
+	Release(room, key string)
 }
 
 // Kind is what a Message is.

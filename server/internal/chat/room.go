@@ -171,6 +171,9 @@ func (r *Room) leave(s *Session) {
 	s.member = -1
 	r.membersMu.Unlock()
 	r.namesMu.Unlock()
+	if relay := r.hub.relay; relay != nil {
+		relay.Release(r.name, s.key)
+	}
 	r.hub.members.Add(-1)
 	r.hub.metrics.Leaves.Inc()
 	r.hub.log.Debug("leave", "conn", s.id)

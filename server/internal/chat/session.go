@@ -113,6 +113,9 @@ func (s *Session) join(m chatmsg.Message, err error) {
 	if err == nil {
 		name, key, err = chatmsg.CheckUsername(m.Username)
 	}
+	if err == nil && h.relay != nil {
+		err = h.relay.Claim(s.room.name, key, name)
+	}
 	if err == nil {
 		err = s.room.join(s, name, key)
 	}

@@ -27,6 +27,9 @@ type outbox struct {
 	// echo holds the ids of messages delivered here without the cluster
 	// (unix nanos when): their copy from the stream is not delivered again.
 	echo map[uint64]int64
+	// counters number this node's records in each room it has members in
+	// (the record's n); a room that empties here starts again at 1.
+	counters map[string]uint64
 
 	// deliverMu serializes local deliveries, so that messages a sweep
 	// delivers (degrade) precede the ones published after it. Taken
@@ -62,6 +65,7 @@ const (
 func (o *outbox) init() {
 	o.wake = make(chan struct{}, 1)
 	o.echo = make(map[uint64]int64)
+	o.counters = make(map[string]uint64)
 	o.degraded = true // until the stream is known to be there
 }
 
@@ -87,6 +91,10 @@ func (o *outbox) age() time.Duration {
 	return time.Duration(time.Now().UnixNano() - o.recs[o.head].at)
 }
 
+// Degraded reports whether the cluster is out of reach and this node
+// delivers its members' messages itself.
+func (c *Relay) Degraded() bool { return c.out.isDegraded() }
+
 func (o *outbox) isDegraded() bool {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -97,14 +105,16 @@ func (o *outbox) isDegraded() bool {
 // also delivers m to this node's members at once. It fails only when the
 // outbox is full (or the relay closed): the sender is told, nothing is sent.
 func (c *Relay) Publish(room string, m *chat.Message) error {
-	data := appendRecord(make([]byte, 0, 16+len(m.Name)+len(m.Name2)+len(m.Content)), m)
 	o := &c.out
+	size := 24 + len(m.Name) + len(m.Name2) + len(m.Content)
 	o.mu.Lock()
-	if o.closed || o.bytes+len(data) > maxOutbox {
+	if o.closed || o.bytes+size > maxOutbox {
 		o.mu.Unlock()
 		c.metrics.rejected.Inc()
 		return chatmsg.ErrServerBusy
 	}
+	o.counters[room]++
+	data := appendRecord(make([]byte, 0, size), m, o.counters[room])
 	o.seq++
 	now := time.Now().UnixNano()
 	rec := outRec{room: room, seq: o.seq, at: now, data: data, local: o.degraded}
@@ -159,7 +169,7 @@ func (c *Relay) degrade() {
 	c.log.Warn("cluster out of reach: this node delivers its members' messages itself and sends them when NATS is back", "waiting", len(sweep))
 	for _, r := range sweep {
 		var m chat.Message
-		if parseRecord(r.data, &m, math.MaxInt) == nil {
+		if _, err := parseRecord(r.data, &m, math.MaxInt); err == nil {
 			c.deliverLocal(r.room, &m)
 		}
 	}
@@ -281,7 +291,7 @@ func (c *Relay) publish() {
 		for {
 			if quit == nil && (o.pending() == 0 || time.Now().After(drainBy)) {
 				if n := o.pending(); n > 0 {
-					c.metrics.lost.Add(float64(n))
+					c.metrics.unsent.Add(float64(n))
 					c.log.Warn("messages not sent to the cluster before shutdown", "count", n)
 				}
 				return

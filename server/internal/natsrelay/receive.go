@@ -3,6 +3,7 @@ package natsrelay
 import (
 	"context"
 	"errors"
+	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,6 +38,8 @@ type roomSub struct {
 	subject string // where the stream keeps the room
 	sub     *nats.Subscription
 	last    uint64    // the room's newest stream sequence delivered or loaded here
+	origins map[string]uint64 // each node's last record number (n) seen in the room
+	dropped uint64            // messages the subscription dropped, counted so far
 	known   bool      // last is the room's state in the stream (else: caught up from created)
 	created time.Time // when its first session here arrived
 }
@@ -45,11 +48,13 @@ const (
 	// liveBuffer is the messages the live subscriptions may hold for the
 	// receiver; past it NATS drops them and the receiver takes them from
 	// the stream instead.
-	liveBuffer = 64 << 10
+	liveBuffer = 8 << 10
 	// maxIngress bounds the records per second this node takes from other
 	// nodes, with as large a burst: a flood on the bus is dropped and
 	// counted rather than fanned out to every member here.
 	maxIngress = 20_000
+	// maxOrigins bounds the nodes a room remembers record numbers of.
+	maxOrigins = 1024
 	// fetchBatch is the messages asked of the stream at a time.
 	fetchBatch = 256
 )
@@ -72,11 +77,15 @@ func (in *receiver) post(f func()) {
 	}
 }
 
-// allow takes one token of the ingress bound.
-func (in *receiver) allow() bool {
-	now := time.Now()
-	in.tokens = min(maxIngress, in.tokens+now.Sub(in.filled).Seconds()*maxIngress)
-	in.filled = now
+// allow takes one token of the ingress bound for a record the stream
+// stored at at. The bucket fills by the stream's clock, not this node's:
+// what counts is how fast records arrived, not how fast this node gets to
+// them, so a flood is cut the same on a busy node as on an idle one.
+func (in *receiver) allow(at time.Time) bool {
+	if d := at.Sub(in.filled); d > 0 {
+		in.tokens = min(maxIngress, in.tokens+d.Seconds()*maxIngress)
+		in.filled = at
+	}
 	if in.tokens < 1 {
 		return false
 	}
@@ -96,6 +105,9 @@ func (c *Relay) Watch(name string) <-chan struct{} {
 
 // Unwatch drops the room's subscription (chat.Relay).
 func (c *Relay) Unwatch(name string) {
+	c.out.mu.Lock()
+	delete(c.out.counters, name)
+	c.out.mu.Unlock()
 	c.in.post(func() { c.unwatch(name) })
 }
 
@@ -147,6 +159,7 @@ func (c *Relay) watch(name string) {
 func (c *Relay) unwatch(name string) {
 	in := &c.in
 	if rs := in.rooms[name]; rs != nil {
+		c.countDropped(rs)
 		if rs.sub != nil {
 			_ = rs.sub.Unsubscribe()
 		}
@@ -181,13 +194,15 @@ func (c *Relay) load(rs *roomSub) {
 			from := time.Now().Add(-c.cfg.HistoryAge)
 			cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &from
 		}
-		err = c.replay(ctx, st, cfg, last, func(seq uint64, ts int64, _ string, data []byte) {
+		err = c.replay(ctx, st, cfg, last, func(seq uint64, at time.Time, msgID string, data []byte) {
 			var m chat.Message
-			if parseRecord(data, &m, c.cfg.MaxContent) != nil {
+			n, err := parseRecord(data, &m, c.cfg.MaxContent)
+			if err != nil {
 				c.metrics.dropped.WithLabelValues(dropInvalid).Inc()
 				return
 			}
-			c.hub.Load(rs.name, seq*chat.IDsPerSeq, ts, &m)
+			rs.count(msgID, n, nil)
+			c.hub.Load(rs.name, seq*chat.IDsPerSeq, at.UnixMilli(), &m)
 			loaded++
 		})
 		if err != nil {
@@ -200,6 +215,46 @@ func (c *Relay) load(rs *roomSub) {
 	rs.last, rs.known = max(rs.last, last), true
 }
 
+// catchUpSubject counts what the room's subscription (live subject subj)
+// dropped, and catches the room up from the stream.
+func (c *Relay) catchUpSubject(subj string) {
+	if rs := c.in.rooms[tokenRoom(strings.TrimPrefix(subj, c.livePfx))]; rs != nil {
+		c.countDropped(rs)
+		c.catchUp(rs, 0)
+	}
+}
+
+// countDropped adds what the room's subscription dropped since last time
+// to the overflow counter.
+func (c *Relay) countDropped(rs *roomSub) {
+	if rs.sub == nil {
+		return
+	}
+	if d, err := rs.sub.Dropped(); err == nil && uint64(d) > rs.dropped {
+		c.metrics.overflow.Add(float64(uint64(d) - rs.dropped))
+		rs.dropped = uint64(d)
+	}
+}
+
+// count notes record n of the node whose message id is msgID, and adds
+// to gaps the node's records in the room that never arrived. Records of
+// publishers that are not gochat nodes carry no usable id, and are not
+// counted.
+func (rs *roomSub) count(msgID string, n uint64, gaps interface{ Add(float64) }) {
+	node, _, ok := strings.Cut(msgID, ".")
+	if !ok || len(node) != 16 {
+		return
+	}
+	if rs.origins == nil || len(rs.origins) > maxOrigins {
+		rs.origins = make(map[string]uint64) // bounded: junk ids cannot grow it
+	}
+	last := rs.origins[node]
+	if gaps != nil && last != 0 && n > last+1 {
+		gaps.Add(float64(n - last - 1))
+	}
+	rs.origins[node] = n // a smaller n: the node's room started again
+}
+
 // catchUpAll delivers what every room missed while NATS was away.
 func (c *Relay) catchUpAll() {
 	for _, rs := range c.in.rooms {
@@ -209,37 +264,51 @@ func (c *Relay) catchUpAll() {
 
 // catchUp delivers the room's messages after the last one delivered here
 // (or, if the room was never loaded, since it was created here), up to
-// upTo (0: all). It returns whether it got them all.
+// upTo (0: all). It returns whether it asked the stream to the end.
 func (c *Relay) catchUp(rs *roomSub, upTo uint64) bool {
 	st := c.streamH.Load()
 	if st == nil {
 		return false
 	}
-	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{rs.subject}}
-	if rs.known {
-		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, rs.last+1
-	} else {
-		from := rs.created
-		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &from
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*apiTimeout)
 	defer cancel()
 	n := 0
-	err := c.replay(ctx, st, cfg, upTo, func(seq uint64, ts int64, msgID string, data []byte) {
-		if seq <= rs.last {
-			return
+	defer func() { c.metrics.recovered.Add(float64(n)) }()
+	if !rs.known {
+		// Never loaded (NATS was away when the room opened here): what
+		// the room got since then, through a consumer starting at that time.
+		from := rs.created
+		cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{rs.subject},
+			DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &from}
+		err := c.replay(ctx, st, cfg, upTo, func(seq uint64, at time.Time, msgID string, data []byte) {
+			if seq > rs.last {
+				c.deliver(rs, seq, at, msgID, data)
+				n++
+			}
+		})
+		if err != nil {
+			c.log.Warn("cannot catch a room up from the stream", "err", err)
+			return false
 		}
-		c.deliver(rs, seq, ts, msgID, data)
-		n++
-	})
-	c.metrics.recovered.Add(float64(n))
-	if err != nil {
-		c.log.Warn("cannot catch a room up from the stream", "err", err)
-		return false
+		rs.known = true
+		return true
 	}
-	rs.known = true
-	if upTo > 0 {
-		rs.last = max(rs.last, upTo)
+	// The room's next messages one at a time (a direct get each): a gap is
+	// usually a few messages, or none the stream still has.
+	for upTo == 0 || rs.last < upTo {
+		m, err := (*st).GetMsg(ctx, rs.last+1, jetstream.WithGetMsgSubject(rs.subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return true // nothing newer
+		}
+		if err != nil {
+			c.log.Warn("cannot catch a room up from the stream", "err", err)
+			return false
+		}
+		if upTo > 0 && m.Sequence > upTo {
+			return true
+		}
+		c.deliver(rs, m.Sequence, m.Time, m.Header.Get(nats.MsgIdHdr), m.Data)
+		n++
 	}
 	return true
 }
@@ -247,7 +316,7 @@ func (c *Relay) catchUp(rs *roomSub, upTo uint64) bool {
 // replay reads the stream's messages that cfg selects, oldest first, up to
 // sequence upTo (0: to the end), through a short-lived ordered consumer.
 func (c *Relay) replay(ctx context.Context, st *jetstream.Stream, cfg jetstream.OrderedConsumerConfig, upTo uint64,
-	fn func(seq uint64, ts int64, msgID string, data []byte)) error {
+	fn func(seq uint64, at time.Time, msgID string, data []byte)) error {
 	cfg.InactiveThreshold = 10 * time.Second
 	cons, err := (*st).OrderedConsumer(ctx, cfg)
 	if err != nil {
@@ -271,7 +340,7 @@ func (c *Relay) replay(ctx context.Context, st *jetstream.Stream, cfg jetstream.
 				pending = 0
 				continue
 			}
-			fn(seq, md.Timestamp.UnixMilli(), m.Headers().Get(nats.MsgIdHdr), m.Data())
+			fn(seq, md.Timestamp, m.Headers().Get(nats.MsgIdHdr), m.Data())
 			if seq == upTo {
 				pending = 0
 			}
@@ -309,33 +378,44 @@ func (c *Relay) onLive(m *nats.Msg) {
 	if seq <= rs.last {
 		return // delivered already (a catch-up got it first)
 	}
-	if prev > rs.last && !c.catchUp(rs, seq-1) {
-		c.metrics.lost.Inc() // at least the one before this
-		rs.last = seq - 1
-	}
-	c.deliver(rs, seq, at.UnixMilli(), m.Header.Get(nats.MsgIdHdr), m.Data)
-}
-
-// deliver hands the room's members here one message the stream ordered.
-func (c *Relay) deliver(rs *roomSub, seq uint64, ts int64, msgID string, data []byte) {
-	rs.last = seq
-	own := false
-	if node, n, ok := strings.Cut(msgID, "."); ok && node == c.node {
-		own = true
-		if s, err := strconv.ParseUint(n, 10, 64); err == nil && c.out.echoed(s) {
-			return // delivered here while the cluster was out of reach
+	if prev > rs.last {
+		c.catchUp(rs, seq-1)
+		if prev > rs.last {
+			// The stream no longer has the room's message prev (nor perhaps
+			// some before it). Those of gochat nodes are counted exactly
+			// by their record numbers (count); anything else, here.
+			c.metrics.gapsUnknown.Inc()
 		}
 	}
-	var m chat.Message
-	if parseRecord(data, &m, c.cfg.MaxContent) != nil {
-		c.metrics.dropped.WithLabelValues(dropInvalid).Inc()
-		return
-	}
-	if !own && !c.in.allow() {
+	c.deliver(rs, seq, at, m.Header.Get(nats.MsgIdHdr), m.Data)
+}
+
+// deliver hands the room's members here one message the stream ordered
+// (stored at at). Other nodes' records pass the ingress bound first, before
+// any work is spent on them.
+func (c *Relay) deliver(rs *roomSub, seq uint64, at time.Time, msgID string, data []byte) {
+	rs.last = seq
+	if node, n, ok := strings.Cut(msgID, "."); ok && node == c.node {
+		if s, err := strconv.ParseUint(n, 10, 64); err == nil && c.out.echoed(s) {
+			// Delivered here while the cluster was out of reach.
+			var m chat.Message
+			if n, err := parseRecord(data, &m, math.MaxInt); err == nil {
+				rs.count(msgID, n, c.metrics.gaps)
+			}
+			return
+		}
+	} else if !c.in.allow(at) {
 		c.metrics.dropped.WithLabelValues(dropFlood).Inc()
 		return
 	}
-	if c.hub.Deliver(rs.name, seq*chat.IDsPerSeq, ts, &m) != nil {
+	var m chat.Message
+	n, err := parseRecord(data, &m, c.cfg.MaxContent)
+	if err != nil {
+		c.metrics.dropped.WithLabelValues(dropInvalid).Inc()
+		return
+	}
+	rs.count(msgID, n, c.metrics.gaps)
+	if c.hub.Deliver(rs.name, seq*chat.IDsPerSeq, at.UnixMilli(), &m) != nil {
 		c.metrics.dropped.WithLabelValues(dropBusy).Inc()
 		return
 	}

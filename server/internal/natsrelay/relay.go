@@ -88,11 +88,13 @@ type Relay struct {
 
 	out     outbox   // publisher side (outbox.go)
 	in      receiver // receiver side (receive.go)
+	roster  roster   // who is where (members.go)
 	metrics metrics
 
 	quit    chan struct{} // closed by Close
-	pubDone chan struct{} // closed when the publisher returns
-	rcvDone chan struct{} // closed when the receiver returns
+	pubDone  chan struct{} // closed when the publisher returns
+	rcvDone  chan struct{} // closed when the receiver returns
+	presDone chan struct{} // closed when the presence goroutine returns
 	closed  chan struct{} // closed by the NATS ClosedHandler
 	started atomic.Bool
 }
@@ -119,9 +121,14 @@ const (
 type metrics struct {
 	published, received prometheus.Counter
 	rejected            prometheus.Counter
-	recovered, lost     prometheus.Counter
+	recovered, gaps     prometheus.Counter
+	gapsUnknown         prometheus.Counter
+	overflow            prometheus.Counter
+	unsent              prometheus.Counter
 	dropped             *prometheus.CounterVec
 	localDeliveries     prometheus.Counter
+	ghosts              prometheus.Counter
+	nameConflicts       prometheus.Counter
 }
 
 // New connects to cfg.URL (in the background if NATS is not reachable
@@ -140,12 +147,14 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Relay, error
 		inPfx:   cfg.Subject + ".in.",
 		livePfx: cfg.Subject + ".live.",
 		quit:    make(chan struct{}),
-		pubDone: make(chan struct{}),
-		rcvDone: make(chan struct{}),
-		closed:  make(chan struct{}),
+		pubDone:  make(chan struct{}),
+		rcvDone:  make(chan struct{}),
+		presDone: make(chan struct{}),
+		closed:   make(chan struct{}),
 	}
 	c.out.init()
 	c.in.init()
+	c.roster.init()
 	c.registerMetrics(reg)
 
 	log = c.log
@@ -170,15 +179,20 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Relay, error
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			log.Warn("nats disconnected; local chat continues, reconnecting", "err", err)
 			c.streamH.Store(nil)
+			c.roster.setLive(false)
 			c.out.poke()
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted())
 			c.reconnected()
 		}),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
-			if errors.Is(err, nats.ErrSlowConsumer) {
-				return // the receiver fills the gap from the stream, counted there
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrSlowConsumer) && sub != nil {
+				// Live messages were dropped: the next one of the room shows
+				// the gap, but the dropped one may have been its last, so
+				// the room is caught up from the stream now.
+				c.in.post(func() { c.catchUpSubject(sub.Subject) })
+				return
 			}
 			log.Warn("nats error", "err", err)
 		}),
@@ -210,6 +224,7 @@ func (c *Relay) Start(hub Hub) {
 	c.started.Store(true)
 	go c.publish()
 	go c.receive()
+	go c.presence()
 	c.out.poke()
 }
 
@@ -224,7 +239,12 @@ func (c *Relay) registerMetrics(reg prometheus.Registerer) {
 	m.received = counter("cluster_received_total", "Messages and presence changes received from the cluster's stream (this node's own included) and delivered here.")
 	m.rejected = counter("cluster_publish_rejects_total", "Messages refused because the outbox to the cluster was full; each sender was told.")
 	m.recovered = counter("cluster_recovered_total", "Messages this node missed live (slow subscription, NATS away) and then took from the stream.")
-	m.lost = counter("cluster_lost_total", "Messages this node could not get from the stream after missing them live (the stream no longer had them, or NATS failed meanwhile).")
+	m.gaps = counter("cluster_gaps_total", "Messages of other nodes this node never delivered: missed live and no longer in the stream (counted by the nodes' record numbers).")
+	m.gapsUnknown = counter("cluster_gaps_unknown_total", "Times a room's messages were missed that the stream no longer had and whose publisher is not a gochat node (one or more each).")
+	m.overflow = counter("cluster_overflow_total", "Live messages the subscriptions dropped because this node did not read them fast enough; the stream's copy is delivered instead while it has one.")
+	m.unsent = counter("cluster_unsent_total", "Messages accepted here that were still waiting for the stream when the node shut down.")
+	m.ghosts = counter("cluster_departed_total", "Members of nodes that stopped answering (killed, cut off) whose leave this node announced.")
+	m.nameConflicts = counter("cluster_name_conflicts_total", "Names held here that another node took while this node was cut off from NATS (both members keep the name).")
 	m.localDeliveries = counter("cluster_local_deliveries_total", "Messages this node delivered to its own members without the cluster, while it was out of reach.")
 	m.dropped = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "gochat", Name: "cluster_dropped_total",
 		Help: "Records from the stream not delivered: invalid (not what a node publishes), flood (over the ingress bound), busy (the room's queue stayed full)."},
@@ -311,6 +331,7 @@ func (c *Relay) Close() {
 	if c.started.Load() {
 		<-c.pubDone
 		<-c.rcvDone
+		<-c.presDone
 	}
 	if err := c.nc.Drain(); err != nil {
 		c.nc.Close()
@@ -323,10 +344,11 @@ func (c *Relay) Close() {
 	}
 }
 
-// Room names (SPEC §8: a-z 0-9 - _ .) become one subject token each: '.'
-// separates tokens, so it is written '~', which no room name has.
-func roomToken(room string) string { return strings.ReplaceAll(room, ".", "~") }
-func tokenRoom(tok string) string  { return strings.ReplaceAll(tok, "~", ".") }
+// Room names (SPEC §8: a-z 0-9 - _ .) become one subject token each (and
+// one key token in the members bucket): '.' separates tokens, so it is
+// written '=', which no room name has and both allow.
+func roomToken(room string) string { return strings.ReplaceAll(room, ".", "=") }
+func tokenRoom(tok string) string  { return strings.ReplaceAll(tok, "=", ".") }
 
 // streamName derives the stream's name from the subject prefix.
 func streamName(subject string) string {

@@ -15,8 +15,9 @@ func TestRecordRoundTrip(t *testing.T) {
 		{Kind: chat.KindLeft, Count: 1312, Name: "bob", Name2: "Zoë"},
 	} {
 		var got chat.Message
-		if err := parseRecord(appendRecord(nil, &m), &got, 2000); err != nil {
-			t.Fatalf("%+v: %v", m, err)
+		n, err := parseRecord(appendRecord(nil, &m, 7), &got, 2000)
+		if err != nil || n != 7 {
+			t.Fatalf("%+v: n %d, %v", m, n, err)
 		}
 		if got.Kind != m.Kind || got.Count != m.Count || got.Name != m.Name || got.Name2 != m.Name2 || !bytes.Equal(got.Content, m.Content) {
 			t.Fatalf("round trip %+v → %+v", m, got)
@@ -49,26 +50,29 @@ func TestRecordValidation(t *testing.T) {
 		"unknown kind":         {Kind: 9, Count: 1, Name: "alice"},
 	} {
 		var got chat.Message
-		if err := parseRecord(appendRecord(nil, &m), &got, 2000); err == nil {
+		if _, err := parseRecord(appendRecord(nil, &m, 7), &got, 2000); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
-	good := appendRecord(nil, &chat.Message{Kind: chat.KindChat, Count: 1, Name: "alice", Content: []byte("hi")})
+	if _, err := parseRecord(appendRecord(nil, &chat.Message{Kind: chat.KindChat, Count: 1, Name: "a", Content: []byte("x")}, 0), new(chat.Message), 2000); err == nil {
+		t.Error("record number 0 accepted")
+	}
+	good := appendRecord(nil, &chat.Message{Kind: chat.KindChat, Count: 1, Name: "alice", Content: []byte("hi")}, 1)
 	for cut := range len(good) {
 		var got chat.Message
-		if parseRecord(good[:cut], &got, 2000) == nil {
+		if _, err := parseRecord(good[:cut], &got, 2000); err == nil {
 			t.Errorf("record cut to %d bytes accepted", cut)
 		}
 	}
 	var got chat.Message
-	if parseRecord(append(good[:len(good):len(good)], 0), &got, 2000) == nil {
+	if _, err := parseRecord(append(good[:len(good):len(good)], 0), &got, 2000); err == nil {
 		t.Error("trailing byte accepted")
 	}
 	old := append([]byte{2}, good[1:]...)
-	if parseRecord(old, &got, 2000) == nil {
+	if _, err := parseRecord(old, &got, 2000); err == nil {
 		t.Error("other version accepted")
 	}
-	if parseRecord(append(good[:2:2], make([]byte, maxRecord)...), &got, 1<<20) == nil {
+	if _, err := parseRecord(append(good[:2:2], make([]byte, maxRecord)...), &got, 1<<20); err == nil {
 		t.Error("oversized record accepted")
 	}
 }
@@ -76,14 +80,15 @@ func TestRecordValidation(t *testing.T) {
 // FuzzParseRecord: whatever the bytes, parsing never panics, and what it
 // accepts encodes back to the same bytes.
 func FuzzParseRecord(f *testing.F) {
-	f.Add(appendRecord(nil, &chat.Message{Kind: chat.KindChat, Count: 1, Name: "alice", Content: []byte("hi")}))
-	f.Add(appendRecord(nil, &chat.Message{Kind: chat.KindLeft, Count: 5, Name: "a", Name2: "b"}))
+	f.Add(appendRecord(nil, &chat.Message{Kind: chat.KindChat, Count: 1, Name: "alice", Content: []byte("hi")}, 1))
+	f.Add(appendRecord(nil, &chat.Message{Kind: chat.KindLeft, Count: 5, Name: "a", Name2: "b"}, 300))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var m chat.Message
-		if parseRecord(b, &m, 2000) != nil {
+		n, err := parseRecord(b, &m, 2000)
+		if err != nil {
 			return
 		}
-		if again := appendRecord(nil, &m); !bytes.Equal(again, b) {
+		if again := appendRecord(nil, &m, n); !bytes.Equal(again, b) {
 			t.Fatalf("accepted %x, re-encodes as %x", b, again)
 		}
 	})
