@@ -100,6 +100,7 @@ type Inbound func(room, name, content []byte) error
 type Config struct {
 	URL     string // NATS URL, or comma-separated URLs
 	Subject string // the subject the nodes of one chat share
+	Auth    Auth   // credentials and TLS (auth.go)
 }
 
 // New connects to cfg.URL and subscribes to cfg.Subject; its metrics go to
@@ -156,6 +157,11 @@ func New(cfg Config, inbound Inbound, reg prometheus.Registerer, log *slog.Logge
 			close(c.closed)
 		}),
 	}
+	auth, err := cfg.Auth.Options()
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, auth...)
 	nc, err := nats.Connect(cfg.URL, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("gochat: nats %s: %w", RedactURL(cfg.URL), err)
