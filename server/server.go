@@ -108,7 +108,8 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	var relay chat.Relay // stays a nil interface on a single node
 	if cfg.NATS != "" {
 		inbound := func(room, name, content []byte) error { return s.hub.PublishRemote(room, name, content) }
-		if s.relay, err = natsrelay.New(natsrelay.Config{URL: cfg.NATS, Subject: cfg.NATSSubject}, inbound, s.metrics.reg, log); err != nil {
+		log.Info("nats credentials", "auth", cfg.natsAuth()) // redacted
+		if s.relay, err = natsrelay.New(natsrelay.Config{URL: cfg.NATS, Subject: cfg.NATSSubject, Auth: cfg.natsAuth()}, inbound, s.metrics.reg, log); err != nil {
 			s.pool.Close()
 			return nil, err
 		}
