@@ -56,7 +56,18 @@ func checkLeaks(t *testing.T) {
 // -1 picks a free one. It is shut down, and waited for, when the test ends.
 func startNATS(t testing.TB, port int) *natsserver.Server {
 	t.Helper()
-	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true})
+	return startNATSWith(t, &natsserver.Options{Port: port})
+}
+
+// startNATSWith is startNATS with o's settings (authorization, TLS);
+// o.Port 0 picks a free one.
+func startNATSWith(t testing.TB, o *natsserver.Options) *natsserver.Server {
+	t.Helper()
+	o.Host, o.NoLog, o.NoSigs = "127.0.0.1", true, true
+	if o.Port == 0 {
+		o.Port = -1
+	}
+	ns, err := natsserver.NewServer(o)
 	if err != nil {
 		t.Fatal(err)
 	}
