@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"flag"
+	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -71,6 +73,26 @@ var flagTable = map[string][]flagCase{
 	"nats-subject": {{"gochat.room", true}, {"a.b.c", true}, {"", false}, {"a.*", false}, {"a.>", false}, {"a b", false}, {"a..b", false}},
 	"log-level":    {{"debug", true}, {"WARN", true}, {"error", true}, {"", false}, {"loud", false}, {"0", false}},
 	"log-format":   {{"json", true}, {"text", true}, {"", false}, {"xml", false}, {"0", false}},
+
+	// Credentials: a secret is never refused by its flag (the error would
+	// quote it); combinations are checked as a whole (flagCompanions).
+	"nats-user":     {{"alice", true}, {"svc gochat", true}},
+	"nats-password": {{"hunter2", true}, {" spaces and ünïcode ", true}},
+	"nats-token":    {{"s3cr3t", true}, {"", true}},
+	"nats-creds":    {{"", true}, {"/nonexistent/user.creds", false}, {".", false}},
+	"nats-nkey":     {{"", true}, {"/nonexistent/user.nk", false}, {".", false}},
+	"nats-ca":       {{"", true}, {"/nonexistent/ca.pem", false}, {".", false}},
+	"nats-cert":     {{"", true}, {"/nonexistent/cert.pem", false}, {".", false}},
+	"nats-key":      {{"", true}, {"/nonexistent/key.pem", false}, {".", false}},
+}
+
+// flagCompanions are the flags a flag's good values need to make a
+// configuration server.New accepts (credentials need -nats, a password
+// needs a user).
+var flagCompanions = map[string][]string{
+	"nats-user":     {"-nats=nats://127.0.0.1:4222", "-nats-password=pw"},
+	"nats-password": {"-nats=nats://127.0.0.1:4222", "-nats-user=alice"},
+	"nats-token":    {"-nats=nats://127.0.0.1:4222"},
 }
 
 // TestEveryFlagIsInTheTable keeps the table complete: a new flag must say
@@ -102,6 +124,7 @@ func TestFlagValues(t *testing.T) {
 					args = nil
 					label, want = server.EnvName(name)+"="+c.val, server.EnvName(name)
 				}
+				args = append(args, flagCompanions[name]...)
 				t.Run(label, func(t *testing.T) {
 					if viaEnv {
 						t.Setenv(server.EnvName(name), c.val)
@@ -205,5 +228,38 @@ func TestValidateRefusesWhatFlagsRefuse(t *testing.T) {
 		if err := c.Defaults().Validate(); err == nil {
 			t.Errorf("%+v accepted", c)
 		}
+	}
+}
+
+// A NATS password or token is never echoed: not in the error a bad
+// combination gives, by flag or by variable, nor in -h.
+func TestNATSSecretsAreNeverEchoed(t *testing.T) {
+	const secret = "s3cr3t-never-echoed"
+	for _, c := range []struct {
+		args []string
+		env  string
+	}{
+		{[]string{"-nats", "nats://127.0.0.1:4222", "-nats-password", secret}, ""},
+		{[]string{"-nats", "nats://127.0.0.1:4222"}, "nats-password"},
+		{[]string{"-nats-token", secret}, ""},
+		{nil, "nats-token"},
+		{[]string{"-h"}, "nats-password"},
+	} {
+		t.Run(fmt.Sprintf("%q %s", c.args, c.env), func(t *testing.T) {
+			if c.env != "" {
+				t.Setenv(server.EnvName(c.env), secret)
+			}
+			var stderr bytes.Buffer
+			o, err := parseArgs(c.args, &stderr)
+			if o != nil && err == nil {
+				err = o.cfg.Defaults().Validate() // what server.New checks first
+			}
+			if !slices.Equal(c.args, []string{"-h"}) && err == nil {
+				t.Error("accepted")
+			}
+			if shown := fmt.Sprint(err) + stderr.String(); strings.Contains(shown, secret) {
+				t.Errorf("secret shown: %s", shown)
+			}
+		})
 	}
 }

@@ -111,6 +111,27 @@ type Config struct {
 	NATS string
 	// NATSSubject is the NATS subject the nodes of one chat share.
 	NATSSubject string
+	// NATSCreds is a NATS .creds file (a user JWT and its nkey seed).
+	NATSCreds string
+	// NATSNKey is a file holding an nkey user seed (SU...).
+	NATSNKey string
+	// NATSUser and NATSPassword authenticate to NATS by name and password.
+	NATSUser     string
+	NATSPassword string
+	// NATSToken authenticates to NATS by token.
+	NATSToken string
+	// NATSCA is a PEM file of the CAs that sign the NATS server's
+	// certificate; setting it requires TLS.
+	NATSCA string
+	// NATSCert and NATSKey are a PEM client certificate and its key, for a
+	// NATS server that verifies its clients; setting them requires TLS.
+	NATSCert, NATSKey string
+}
+
+// natsAuth is the NATS credentials and TLS files of c.
+func (c Config) natsAuth() natsrelay.Auth {
+	return natsrelay.Auth{Creds: c.NATSCreds, NKey: c.NATSNKey, User: c.NATSUser, Password: c.NATSPassword,
+		Token: c.NATSToken, CA: c.NATSCA, Cert: c.NATSCert, Key: c.NATSKey}
 }
 
 // Default values. Kept together so README and -h agree with the code.
@@ -286,6 +307,14 @@ func (c Config) Validate() error {
 	if err := checkNATS(c.NATS); err != nil {
 		return fmt.Errorf("gochat: nats: %w", err)
 	}
+	// Credentials without -nats would be ignored; a typo in a deployment
+	// should not quietly run a single node. Options reads and checks the
+	// files, so a bad one stops the start here.
+	if auth := c.natsAuth(); c.NATS == "" && auth != (natsrelay.Auth{}) {
+		return fmt.Errorf("gochat: NATS credentials or TLS files are set (%s) but nats is empty", auth)
+	} else if _, err := auth.Options(); err != nil {
+		return err
+	}
 	for _, o := range c.Origins {
 		if !strings.HasPrefix(o, "http://") && !strings.HasPrefix(o, "https://") {
 			return fmt.Errorf("gochat: origin %q: want scheme://host[:port]", o)
@@ -331,6 +360,14 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Var(durationFlag(&c.ShutdownTimeout, false), "shutdown-timeout", "time allowed for close handshakes at shutdown (`duration` > 0)")
 	fs.Var(natsValue{&c.NATS}, "nats", "NATS `URLs` (comma-separated, nats:// or tls://) to share the chat with other gochat nodes, e.g. nats://127.0.0.1:4222; empty: single node")
 	fs.Var(subjectValue{&c.NATSSubject}, "nats-subject", "NATS `subject` shared by the gochat nodes of one chat (dot-separated tokens, no wildcards)")
+	fs.Var(fileValue{&c.NATSCreds}, "nats-creds", "NATS .creds `file` (user JWT and nkey seed, as nsc writes it) to authenticate with; one of -nats-creds, -nats-nkey, -nats-token, -nats-user")
+	fs.Var(fileValue{&c.NATSNKey}, "nats-nkey", "`file` holding an nkey user seed (SU..., as nk -gen user writes it) to authenticate to NATS with")
+	fs.StringVar(&c.NATSUser, "nats-user", "", "NATS user `name`; needs -nats-password")
+	fs.Var(secretValue{&c.NATSPassword}, "nats-password", "NATS `password` of -nats-user; never logged (prefer GOCHAT_NATS_PASSWORD: a command line is visible to every local user)")
+	fs.Var(secretValue{&c.NATSToken}, "nats-token", "NATS authentication `token`; never logged (prefer GOCHAT_NATS_TOKEN: a command line is visible to every local user)")
+	fs.Var(fileValue{&c.NATSCA}, "nats-ca", "PEM `file` of the CAs that sign the NATS server's certificate; requires TLS (without it: the system's CAs)")
+	fs.Var(fileValue{&c.NATSCert}, "nats-cert", "PEM client certificate `file` for a NATS server that verifies clients; needs -nats-key; requires TLS")
+	fs.Var(fileValue{&c.NATSKey}, "nats-key", "PEM private key `file` of -nats-cert")
 	fs.Var(durationFlag(&c.CloseLinger, false), "close-linger", "time a closing client has to read the close frame and answer it (`duration` > 0)")
 	fs.Var(intFlag(&c.OverloadQueue, 0, OverloadQueueOff), "overload-queue", "worker-pool backlog that, sustained for 1s, sheds new connections with 503 (`n` >= 0; 0: never shed)")
 }
@@ -516,6 +553,54 @@ func (v subjectValue) Set(s string) error {
 	if !natsrelay.ValidSubject(s) {
 		return fmt.Errorf("want dot-separated tokens, no wildcards or spaces")
 	}
+	*v.p = s
+	return nil
+}
+
+// fileValue is a path to a file that must be readable when the flag is
+// set, so that a wrong path fails at start naming its flag. Empty: unset.
+type fileValue struct{ p *string }
+
+func (v fileValue) String() string {
+	if v.p == nil {
+		return ""
+	}
+	return *v.p
+}
+
+func (v fileValue) Set(s string) error {
+	s = strings.TrimSpace(s)
+	if s != "" {
+		f, err := os.Open(s)
+		if err != nil {
+			return fmt.Errorf("want a readable file: %w", err)
+		}
+		st, err := f.Stat()
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("want a readable file: %w", err)
+		}
+		if !st.Mode().IsRegular() {
+			return fmt.Errorf("%s is not a regular file", s)
+		}
+	}
+	*v.p = s
+	return nil
+}
+
+// secretValue is a password or token. Set never fails, since the flag
+// package and ApplyEnv would quote the value in the error; String never
+// shows it.
+type secretValue struct{ p *string }
+
+func (v secretValue) String() string {
+	if v.p == nil || *v.p == "" {
+		return ""
+	}
+	return "[redacted]"
+}
+
+func (v secretValue) Set(s string) error {
 	*v.p = s
 	return nil
 }

@@ -107,7 +107,9 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	s.metrics = newMetrics(s)
 	var relay chat.Relay // stays a nil interface on a single node
 	if cfg.NATS != "" {
+		log.Info("nats credentials", "auth", cfg.natsAuth()) // redacted
 		if s.relay, err = natsrelay.New(natsrelay.Config{
+			Auth:       cfg.natsAuth(),
 			URL:        cfg.NATS,
 			Subject:    cfg.NATSSubject,
 			MaxContent: cfg.MaxContent,

@@ -52,15 +52,21 @@ func checkLeaks(t *testing.T) {
 // waited for, when the test ends.
 func startNATS(t testing.TB, port int) *natsserver.Server {
 	t.Helper()
-	return startNATSStore(t, port, t.TempDir())
+	return startNATSWith(t, &natsserver.Options{Port: port})
 }
 
-// startNATSStore is startNATS with the JetStream store in dir: a server
-// started again on the same dir finds the streams it had.
-func startNATSStore(t testing.TB, port int, dir string) *natsserver.Server {
+// startNATSWith is startNATS with o's settings (authorization, TLS);
+// o.Port 0 picks a free one.
+func startNATSWith(t testing.TB, o *natsserver.Options) *natsserver.Server {
 	t.Helper()
-	ns, err := natsserver.NewServer(&natsserver.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true,
-		JetStream: true, StoreDir: dir})
+	o.Host, o.NoLog, o.NoSigs = "127.0.0.1", true, true
+	if !o.JetStream { // the cluster needs it; a test may bring its own store
+		o.JetStream, o.StoreDir = true, t.TempDir()
+	}
+	if o.Port == 0 {
+		o.Port = -1
+	}
+	ns, err := natsserver.NewServer(o)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -650,6 +650,32 @@ func (k *chatClient) send(s string) {
 	}
 }
 
+// next returns the next message.
+func (k *chatClient) next() chatMsg {
+	k.t.Helper()
+	timer := time.NewTimer(chatWait)
+	defer timer.Stop()
+	select {
+	case m, ok := <-k.msgs:
+		if !ok {
+			k.t.Fatalf("%s: connection ended while waiting for a message", k.name)
+		}
+		return m
+	case <-timer.C:
+		k.t.Fatalf("%s: no message within %v", k.name, chatWait)
+		return chatMsg{}
+	}
+}
+
+// nextIs requires the next message to be want: nothing (no duplicate, no
+// stray notice) may come in between.
+func (k *chatClient) nextIs(want chatMsg) {
+	k.t.Helper()
+	if got := k.next(); got != want {
+		k.t.Fatalf("%s: got %+v, want %+v", k.name, got, want)
+	}
+}
+
 // waitFor reads until want arrives; other traffic may come first.
 func (k *chatClient) waitFor(want chatMsg) {
 	k.t.Helper()

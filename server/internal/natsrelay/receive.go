@@ -37,11 +37,11 @@ type roomSub struct {
 	name    string
 	subject string // where the stream keeps the room
 	sub     *nats.Subscription
-	last    uint64    // the room's newest stream sequence delivered or loaded here
+	last    uint64            // the room's newest stream sequence delivered or loaded here
 	origins map[string]uint64 // each node's last record number (n) seen in the room
 	dropped uint64            // messages the subscription dropped, counted so far
-	known   bool      // last is the room's state in the stream (else: caught up from created)
-	created time.Time // when its first session here arrived
+	known   bool              // last is the room's state in the stream (else: caught up from created)
+	created time.Time         // when its first session here arrived
 }
 
 const (

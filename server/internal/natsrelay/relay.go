@@ -68,6 +68,7 @@ type Config struct {
 	// keeps at least as much of every room.
 	History    int
 	HistoryAge time.Duration
+	Auth       Auth // credentials and TLS (auth.go)
 }
 
 // Relay is one node's link to the cluster. See the package comment.
@@ -91,12 +92,12 @@ type Relay struct {
 	roster  roster   // who is where (members.go)
 	metrics metrics
 
-	quit    chan struct{} // closed by Close
+	quit     chan struct{} // closed by Close
 	pubDone  chan struct{} // closed when the publisher returns
 	rcvDone  chan struct{} // closed when the receiver returns
 	presDone chan struct{} // closed when the presence goroutine returns
-	closed  chan struct{} // closed by the NATS ClosedHandler
-	started atomic.Bool
+	closed   chan struct{} // closed by the NATS ClosedHandler
+	started  atomic.Bool
 }
 
 const (
@@ -140,13 +141,13 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Relay, error
 		return nil, fmt.Errorf("gochat: node id: %w", err)
 	}
 	c := &Relay{
-		cfg:     cfg,
-		log:     log.With("component", "nats"),
-		node:    hex.EncodeToString(id[:]),
-		stream:  streamName(cfg.Subject),
-		inPfx:   cfg.Subject + ".in.",
-		livePfx: cfg.Subject + ".live.",
-		quit:    make(chan struct{}),
+		cfg:      cfg,
+		log:      log.With("component", "nats"),
+		node:     hex.EncodeToString(id[:]),
+		stream:   streamName(cfg.Subject),
+		inPfx:    cfg.Subject + ".in.",
+		livePfx:  cfg.Subject + ".live.",
+		quit:     make(chan struct{}),
 		pubDone:  make(chan struct{}),
 		rcvDone:  make(chan struct{}),
 		presDone: make(chan struct{}),
@@ -201,6 +202,11 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Relay, error
 			close(c.closed)
 		}),
 	}
+	auth, err := cfg.Auth.Options()
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, auth...)
 	nc, err := nats.Connect(cfg.URL, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("gochat: nats %s: %w", RedactURL(cfg.URL), err)
