@@ -182,6 +182,12 @@ func metricsURLFor(wsURL string) string {
 // port, so -pid is rarely needed when the server runs on this machine. It
 // returns 0 when it cannot tell (another user's process, no /proc, ...).
 func findListenerPID(wsURL string) int {
+	return findListenerPIDIn(wsURL, nil)
+}
+
+// findListenerPIDIn is findListenerPID among the processes whose /proc
+// directory pick accepts (all when pick is nil).
+func findListenerPIDIn(wsURL string, pick func(dir string) bool) int {
 	u, err := url.Parse(wsURL)
 	if err != nil {
 		return 0
@@ -219,7 +225,7 @@ func findListenerPID(wsURL string) int {
 	self := os.Getpid()
 	for _, dir := range procs {
 		pid, _ := strconv.Atoi(filepath.Base(dir))
-		if pid == self {
+		if pid == self || (pick != nil && !pick(dir)) {
 			continue
 		}
 		fds, err := os.ReadDir(dir + "/fd")
