@@ -98,7 +98,10 @@ func (s *scenarioRun) startDraining(ctx context.Context, res *Result) error {
 		if err != nil {
 			return err
 		}
-		res.Shard.Sent, res.Sent, s.f.lastSeq = res.Sent, total.Sent, total.LastSeq
+		if res.Shard != nil {
+			res.Shard.Sent = res.Sent
+		}
+		res.Sent, s.f.lastSeq = total.Sent, total.LastSeq
 		s.prog.setPhase("drain")
 	}
 	return nil

@@ -50,12 +50,13 @@ type shardSync struct {
 	timeout       time.Duration
 }
 
-// newShardSync is nil when the run is one process.
+// newShardSync is nil without -sync. A run of one process may use -sync
+// too: its ready-0 file then tells a script that sending has begun.
 func newShardSync(cfg *Config) *shardSync {
-	if cfg.Shards <= 1 || cfg.SyncDir == "" {
+	if cfg.SyncDir == "" {
 		return nil
 	}
-	return &shardSync{dir: cfg.SyncDir, shard: cfg.Shard, shards: cfg.Shards, timeout: cmpDur(cfg.SyncTimeout, 10*time.Minute)}
+	return &shardSync{dir: cfg.SyncDir, shard: cfg.Shard, shards: max(cfg.Shards, 1), timeout: cmpDur(cfg.SyncTimeout, 10*time.Minute)}
 }
 
 func cmpDur(d, def time.Duration) time.Duration {
