@@ -173,7 +173,7 @@ events=$tmp/events.txt
 : >"$events"
 if [[ $chaos == 1 ]]; then
   for _ in $(seq 6000); do
-    n=$(find "$tmp/sync" -name 'ready-*' 2>/dev/null | wc -l)
+    n=$( (ls "$tmp/sync" 2>/dev/null || true) | grep -c '^ready-' || true)
     (( n >= shards )) && break
     sleep 0.1
   done
@@ -207,6 +207,7 @@ if (( shards > 1 )); then
   "$tmp/bench" merge "$tmp"/shard-*.json || true
 else
   cp "$tmp/shard-0.json" "$tmp/result.json"
+  "$tmp/bench" merge "$tmp/result.json" || true
 fi
 # One report: the bench's figures, the run's settings and the chaos events.
 python3 - "$tmp/result.json" "$out/$name.json" "$events" "$nodes" "$conns" "$shards" "$chaos" "$gochat_flags" <<'PY'
@@ -226,7 +227,7 @@ for i, n in enumerate(d.get("nodes", [])):
     nl = n.get("latency_ms") or {}
     s = n.get("server", {})
     print(f"  node {i}: clients={n['clients']} receivers={n['receivers']} deliveries={n['deliveries']} lost={n['lost']} "
-          f"disconnected={n['disconnected']} p99={nl.get('p99')} rss={s.get('rss_bytes', 0)/2**20:.0f}MiB cpu={s.get('cpu_seconds')} "
+          f"disconnected={n['disconnected']} p99={nl.get('p99')} rss={s.get('rss_bytes', 0)/2**20:.0f}MiB cpu={s.get('cpu_seconds', 0):.2f}s "
           f"restarts={n.get('server_restarts', 0)} counters={n.get('cluster_counters')}")
 PY
 exit $status

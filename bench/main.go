@@ -258,21 +258,25 @@ func prepare(cfg *Config) error {
 	}
 	autoPID := cfg.PID == 0 && loopback
 	switch {
-	case autoPID:
+	case autoPID && !multi:
 		cfg.PID = findListenerPID(cfg.URL)
 	case cfg.PID < 0:
 		cfg.PID = 0
 	}
 	cfg.Nodes = make([]nodeTarget, len(cfg.URLs))
+	var pids []int
+	if multi && autoPID {
+		pids = findListenerPIDs(cfg.URLs, nil)
+	}
 	for i, raw := range cfg.URLs {
 		n := nodeTarget{URL: raw, MetricsURL: cfg.MetricsURL, PID: cfg.PID, autoPID: autoPID}
-		if i > 0 {
+		if multi {
 			n.MetricsURL, n.PID = "", 0
 			if !cfg.explicitNone {
 				n.MetricsURL = metricsURLFor(raw)
 			}
-			if autoPID {
-				n.PID = findListenerPID(raw)
+			if pids != nil {
+				n.PID = pids[i]
 			}
 		}
 		cfg.Nodes[i] = n

@@ -23,7 +23,8 @@ func mergeMain(args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print one JSON object instead of the table")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: bench merge [-json] shard0.json shard1.json ...\n\n"+
-			"Combines the -json results of every shard of one 'bench broadcast -shard i/k -sync DIR' run.\n")
+			"Combines the -json results of every shard of one 'bench broadcast -shard i/k -sync DIR' run\n"+
+			"(given one result of a run that was not sharded, prints it as a table).\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -65,10 +66,14 @@ func mergeMain(args []string, stdout, stderr io.Writer) int {
 }
 
 // mergeResults combines the shards of one run; it refuses results that
-// are not every shard of one run exactly once.
+// are not every shard of one run exactly once. One result of a run that
+// was not sharded comes back as it is (merge then only prints it).
 func mergeResults(parts []Result) (Result, error) {
 	if len(parts) == 0 {
 		return Result{}, errors.New("nothing to merge")
+	}
+	if len(parts) == 1 && parts[0].Shard == nil {
+		return parts[0], nil // one process's result: printed as it is
 	}
 	parts = slices.Clone(parts)
 	for i, p := range parts {

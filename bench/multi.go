@@ -164,9 +164,10 @@ func clusterCounter(name string) bool {
 // sample observes the server once and folds what changed into the sums.
 func (w *nodeWatch) sample(ctx context.Context) {
 	w.mu.Lock()
-	pid := w.t.PID
+	pid, had := w.t.PID, w.comm != ""
 	w.mu.Unlock()
-	if w.t.autoPID && (pid == 0 || !procAlive(pid)) {
+	if w.t.autoPID && had && (pid == 0 || !procAlive(pid)) {
+		// The process found at the start is gone: look for its successor.
 		pid = findListenerPIDNamed(w.t.URL, w.comm)
 	}
 	var m map[string]float64
@@ -202,11 +203,9 @@ func (w *nodeWatch) sample(ctx context.Context) {
 	if pid == 0 {
 		life = m["process_start_time_seconds"]
 	}
-	if pid > 0 {
-		w.t.PID = pid
-		if w.comm == "" {
-			w.comm = procComm(pid)
-		}
+	w.t.PID = pid
+	if pid > 0 && w.comm == "" {
+		w.comm = procComm(pid)
 	}
 	fresh := w.sampled && life != w.life
 	for k, v := range m {

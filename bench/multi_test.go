@@ -269,6 +269,10 @@ func TestMergeRefuses(t *testing.T) {
 			t.Errorf("%s: merged", name)
 		}
 	}
+	one := Result{Scenario: "broadcast", Sent: 7}
+	if m, err := mergeResults([]Result{one}); err != nil || m.Sent != 7 {
+		t.Errorf("one unsharded result: %v, %+v", err, m)
+	}
 	// bench merge on files: a missing shard is an error exit, not a report.
 	dir := t.TempDir()
 	path := filepath.Join(dir, "a.json")
