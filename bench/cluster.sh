@@ -18,7 +18,8 @@
 #   -duration D [20s; chaos 60s]  -size B [100]  -drain D [10s]
 #   -per-process N [16000]: clients per bench process (the fd limit is 20,000)
 #   -sender-nodes N [0 = all; chaos 2]: senders on the first N nodes only
-#   -track: per-message accounting (always on with -chaos)
+#   -track: per-message accounting (always on with -chaos, and so is -rejoin:
+#   the killed node's clients dial again, counted apart from the receivers)
 #   -gochat "FLAGS": extra gochat flags (default: -presence=false -rate 100 -burst 100)
 # Without -w the JSON goes to bench/out/<UTC timestamp>/ (or CLUSTER_OUT=dir).
 set -euo pipefail
@@ -42,7 +43,7 @@ while [[ $# -gt 0 ]]; do
     -per-process) per_process=$2; shift ;;
     -sender-nodes) sender_nodes=$2; shift ;;
     -gochat) gochat_flags=$2; shift ;;
-    *) sed -n '2,25p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,24p' "$0" >&2; exit 2 ;;
   esac
   shift
 done
@@ -157,6 +158,7 @@ echo "cluster.sh: nats 127.0.0.1:$nats_port (pid $nats_pid), nodes $urls; $conns
 args=(broadcast -url "$urls" -conns "$conns" -senders "$senders" -rate "$rate" -duration "$duration"
   -size "$size" -drain "$drain" -sender-nodes "$sender_nodes" -sync "$tmp/sync" -json)
 [[ $track == 1 ]] && args+=(-track)
+[[ $chaos == 1 ]] && args+=(-rejoin)
 if (( shards > 1 )); then
   for ((s = 0; s < shards; s++)); do
     "$tmp/bench" "${args[@]}" -shard "$s/$shards" >"$tmp/shard-$s.json" 2>"$tmp/shard-$s.log" &
@@ -228,6 +230,6 @@ for i, n in enumerate(d.get("nodes", [])):
     s = n.get("server", {})
     print(f"  node {i}: clients={n['clients']} receivers={n['receivers']} deliveries={n['deliveries']} lost={n['lost']} "
           f"disconnected={n['disconnected']} p99={nl.get('p99')} rss={s.get('rss_bytes', 0)/2**20:.0f}MiB cpu={s.get('cpu_seconds', 0):.2f}s "
-          f"restarts={n.get('server_restarts', 0)} counters={n.get('cluster_counters')}")
+          f"restarts={n.get('server_restarts', 0)} rejoined={n.get('rejoined', 0)} counters={n.get('cluster_counters')}")
 PY
 exit $status

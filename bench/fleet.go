@@ -50,6 +50,9 @@ type fleet struct {
 	soak  *soak     // non-nil in the soak scenario
 	rooms *roomsRun // non-nil when the clients are spread over rooms (rooms.go)
 	track *tracker  // non-nil with -track (track.go)
+	// rejoined are the clients dialled again after a disconnect (-rejoin,
+	// rejoin.go); closed with the others, never receivers.
+	rejoined []*client
 	// lastSeq is, per sender id, the last sequence attempted by any
 	// process of the run (set when sending ended).
 	lastSeq []int
@@ -348,7 +351,7 @@ func (f *fleet) closeAll() { f.closeOnce.Do(f.doCloseAll) }
 func (f *fleet) doCloseAll() {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 64)
-	for _, c := range f.clients {
+	for _, c := range append(f.clients[:len(f.clients):len(f.clients)], f.rejoined...) {
 		if !c.up.Load() {
 			continue
 		}

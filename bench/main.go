@@ -65,6 +65,7 @@ type Config struct {
 	SyncTimeout  time.Duration
 	SenderNodes  int    // -sender-nodes: senders only on the first N URLs (0: all)
 	Track        bool   // -track: every client records which messages it got
+	Rejoin       bool   // -rejoin: clients disconnected while sending are dialled again
 	runID        string // the run id of every shard (shard.go); "" = a fresh one
 	clockEpoch   int64  // unix ns the shards' fleet clocks count from; 0 = the fleet's start
 	explicitNone bool   // -metrics none

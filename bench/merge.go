@@ -123,6 +123,9 @@ func mergeResults(parts []Result) (Result, error) {
 		out.Unparsed += p.Unparsed
 		out.DurationSeconds = max(out.DurationSeconds, p.DurationSeconds)
 		out.Disconnected += p.Disconnected
+		if p.Rejoined != nil {
+			out.Rejoined = ptr(deref(out.Rejoined) + *p.Rejoined)
+		}
 		out.DisconnectCodes = addCounts(out.DisconnectCodes, p.DisconnectCodes)
 		out.DisconnectWhy = addCounts(out.DisconnectWhy, p.DisconnectWhy)
 	}
@@ -156,6 +159,8 @@ func mergeResults(parts []Result) (Result, error) {
 			n.Lost += x.Lost
 			n.OutOfOrder += x.OutOfOrder
 			n.Disconnected += x.Disconnected
+			n.Rejoined += x.Rejoined
+			n.RejoinedDeliveries += x.RejoinedDeliveries
 			n.Missing = addCounts(n.Missing, x.Missing)
 			if x.LatencyHist == "" {
 				if x.Latency != nil {

@@ -62,6 +62,7 @@ func multiFlags(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.SyncDir, "sync", "", "with -shard: a directory, new and the same for every shard, through which the shards agree on the run, start sending together and learn how much was sent in all")
 	fs.DurationVar(&c.SyncTimeout, "sync-timeout", 10*time.Minute, "with -sync: how long to wait for the other shards at each step")
 	fs.IntVar(&c.SenderNodes, "sender-nodes", 0, "put the senders on the first N -url only (0: spread like every client); the others then receive only from other servers")
+	fs.BoolVar(&c.Rejoin, "rejoin", false, "dial a client again when the server disconnects it while messages flow (a node killed and restarted); it is then counted as rejoined, with what it received, never as a receiver")
 	fs.BoolVar(&c.Track, "track", false, "every client records which (sender, sequence) it got, so that messages missed by every client of a server (a relay loss) are told from one client's loss and set against the servers' gochat_cluster_* loss counters")
 }
 
@@ -430,6 +431,10 @@ func (f *fleet) nodeResults(receivers, gone []*client, win []nodeWindow, sent ui
 		if f.track != nil {
 			n.Missing = f.track.missing(byNode[i], f.lastSeq)
 		}
+	}
+	for _, c := range f.rejoined {
+		out[c.node].Rejoined++
+		out[c.node].RejoinedDeliveries += c.deliveries.Load()
 	}
 	return out
 }

@@ -383,3 +383,27 @@ func writeFileT(t *testing.T, path string, b []byte) {
 		t.Fatal(err)
 	}
 }
+
+// TestRejoin has the server close one client mid-run: with -rejoin it is
+// dialled again, and neither it nor what it gets after coming back blurs
+// the receivers' exact counts.
+func TestRejoin(t *testing.T) {
+	t.Parallel()
+	const conns = 20
+	ts := startTestServer(t, &testServer{victim: conns - 1, closeAfter: 5, nodes: 2})
+	cfg := multiConfig(t, ts, conns)
+	cfg.Rejoin = true
+	res := run(t, runBroadcast, cfg)
+	measured, _, _ := ts.counters()
+	t.Logf("rejoined %v, node 1: %+v", deref(res.Rejoined), res.Nodes[1])
+
+	if res.Sent != uint64(measured) || res.Disconnected != 1 || res.Receivers != conns-1 {
+		t.Fatalf("sent %d (server %d) disconnected %d receivers %d", res.Sent, measured, res.Disconnected, res.Receivers)
+	}
+	if res.Lost != 0 || res.Deliveries != res.Sent*(conns-1) {
+		t.Errorf("lost %d deliveries %d, want 0 and %d", res.Lost, res.Deliveries, res.Sent*(conns-1))
+	}
+	if res.Rejoined == nil || *res.Rejoined > 1 || res.Nodes[0].Rejoined+res.Nodes[1].Rejoined != *res.Rejoined || res.Nodes[0].Rejoined != 0 {
+		t.Errorf("rejoined %v, per node %d/%d (the victim is on node 1)", res.Rejoined, res.Nodes[0].Rejoined, res.Nodes[1].Rejoined)
+	}
+}

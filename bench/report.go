@@ -148,6 +148,9 @@ func clientErrorRows(row rowFunc, r *Result) {
 		row("unparsed frames", "%d  (not {\"username\",\"content\"} JSON)", r.Unparsed)
 	}
 	row("disconnected", "%d%s", r.Disconnected, codes(r.DisconnectCodes))
+	if r.Rejoined != nil {
+		row("rejoined", "%d  (disconnected clients dialled again; not receivers)", *r.Rejoined)
+	}
 	for _, k := range sortedKeys(r.DisconnectWhy) {
 		row("  disconnect error", "%d × %s", r.DisconnectWhy[k], k)
 	}
@@ -241,6 +244,10 @@ func writeNodes(w io.Writer, r *Result) error {
 	if idle {
 		head = "node\tclients\tconnected\talive\tdisconnected\trss MiB\trss/conn B\tfds\t"
 	}
+	rejoin := r.Rejoined != nil
+	if rejoin {
+		head += "rejoined\tits deliveries\t"
+	}
 	if track {
 		head += "missed by node\tmissed partly\t"
 	}
@@ -263,6 +270,9 @@ func writeNodes(w io.Writer, r *Result) error {
 			}
 			fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t", i, n.Clients, n.Connected, n.Receivers, n.Deliveries, n.Lost,
 				n.Disconnected, p50, p99, rss, optF(n.Server.CPUSeconds), optF(n.CPUUsPerDeliver))
+		}
+		if rejoin {
+			fmt.Fprintf(tw, "%d\t%d\t", n.Rejoined, n.RejoinedDeliveries)
 		}
 		if track {
 			fmt.Fprintf(tw, "%s\t%s\t", optInt(n.MissedWhole), optInt(n.MissedPartly))

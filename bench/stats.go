@@ -89,23 +89,28 @@ type Result struct {
 	Nodes    []NodeResult `json:"nodes,omitempty"`
 	Shard    *ShardInfo   `json:"shard,omitempty"`
 	Merged   int          `json:"merged_shards,omitempty"` // bench merge: how many shards
+	Rejoined *int         `json:"rejoined,omitempty"`      // -rejoin: disconnected clients back (not receivers)
 	Tracking *TrackStats  `json:"tracking,omitempty"`      // -track
 }
 
 // NodeResult is what the clients of one server saw, and that server.
 type NodeResult struct {
-	URL           string   `json:"url"`
-	Clients       int      `json:"clients"`
-	Connected     int      `json:"connected"`
-	ConnectFailed int      `json:"connect_failed"`
-	Senders       int      `json:"senders"`
-	Receivers     int      `json:"receivers"`
-	Deliveries    uint64   `json:"deliveries"`
-	Expected      uint64   `json:"deliveries_expected"`
-	Lost          int64    `json:"lost"`
-	OutOfOrder    uint64   `json:"out_of_order"`
-	Disconnected  int      `json:"disconnected"`
-	Latency       *Latency `json:"latency_ms,omitempty"`
+	URL           string `json:"url"`
+	Clients       int    `json:"clients"`
+	Connected     int    `json:"connected"`
+	ConnectFailed int    `json:"connect_failed"`
+	Senders       int    `json:"senders"`
+	Receivers     int    `json:"receivers"`
+	Deliveries    uint64 `json:"deliveries"`
+	Expected      uint64 `json:"deliveries_expected"`
+	Lost          int64  `json:"lost"`
+	OutOfOrder    uint64 `json:"out_of_order"`
+	Disconnected  int    `json:"disconnected"`
+	// -rejoin: disconnected clients that joined again, and the measured
+	// messages they got after that (they are not receivers).
+	Rejoined           int      `json:"rejoined,omitempty"`
+	RejoinedDeliveries uint64   `json:"rejoined_deliveries,omitempty"`
+	Latency            *Latency `json:"latency_ms,omitempty"`
 	// LatencyHist is the HDR histogram behind Latency (µs, base64 of its
 	// compressed V2 encoding), written by shards so that merge adds
 	// histograms instead of averaging percentiles.

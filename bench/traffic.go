@@ -81,6 +81,13 @@ func runTraffic(ctx context.Context, cfg *Config, scenario string, slow int) (re
 	if err != nil {
 		return res, err
 	}
+	var rejoin *rejoiner
+	if cfg.Rejoin {
+		rejoin = startRejoin(ctx, f)
+		// Before run.close (defers run last first): no dial after the
+		// close, and every client back is closed with the others.
+		defer func() { f.rejoined = rejoin.stop() }()
+	}
 	sendErrs := f.sendAll(ctx, cfg)
 	if err := run.startDraining(ctx, &res); err != nil {
 		return res, err
@@ -105,6 +112,10 @@ func runTraffic(ctx context.Context, cfg *Config, scenario string, slow int) (re
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	if rejoin != nil {
+		f.rejoined = rejoin.stop()
+		res.Rejoined = ptr(len(f.rejoined))
 	}
 	run.window(ctx, &res)
 	if slow > 0 {
