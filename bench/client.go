@@ -42,6 +42,7 @@ type client struct {
 	id   int
 	name string
 	slow bool // never reads after joining
+	node int  // index of the server it dials (several -url)
 
 	nc net.Conn
 	br *bufio.Reader
@@ -65,6 +66,7 @@ type client struct {
 	barrier    atomic.Uint64 // highest barrier epoch received
 	notices    atomic.Uint64 // join notices of this run's clients received
 	sent       atomic.Uint64 // measured messages written (sender only)
+	repeats    atomic.Uint64 // outOfOrder, for the drain loop: deliveries not new
 
 	// Read after the reader exited.
 	hist         *hdrhistogram.Histogram
@@ -76,6 +78,9 @@ type client struct {
 	unparsed     uint64
 	dupNotices   uint64
 	seen         []uint64 // bitset of client ids whose join notice arrived (storm)
+	got          []uint64 // -track: bitset of the measured messages received (track.go)
+	sending      bool     // a sender when sending began (set before, read after)
+	attempted    int      // the last sequence its sender goroutine tried to send
 	ownJoinAt    int64
 	lastNoticeAt int64
 	lastDelivery int64
@@ -214,6 +219,9 @@ func (c *client) handle(p []byte) {
 			return
 		}
 		c.recordLatency(now, bc.ts)
+		if c.got != nil {
+			c.f.track.record(c, bc)
+		}
 		if c.f.senders > 0 && bc.sender < c.f.senders {
 			if c.lastSeq == nil {
 				c.lastSeq = make([]int32, c.f.senders)
@@ -223,6 +231,7 @@ func (c *client) handle(p []byte) {
 			}
 			if int32(bc.seq) <= c.lastSeq[bc.sender] {
 				c.outOfOrder++
+				c.repeats.Add(1)
 			} else {
 				c.lastSeq[bc.sender] = int32(bc.seq)
 			}

@@ -26,7 +26,9 @@ type fleet struct {
 	cfg     *Config
 	runID   string
 	base    time.Time
-	n       int
+	clock   int64 // ns added to time.Since(base): see Config.clockEpoch
+	n       int   // clients of this process: global ids first .. first+n-1
+	first   int
 	senders int // number of measured senders (for per-sender order checks)
 	// activeSenders is how many of them were connected when sending began.
 	activeSenders int
@@ -47,17 +49,39 @@ type fleet struct {
 
 	soak  *soak     // non-nil in the soak scenario
 	rooms *roomsRun // non-nil when the clients are spread over rooms (rooms.go)
+	track *tracker  // non-nil with -track (track.go)
+	// rejoined are the clients dialled again after a disconnect (-rejoin,
+	// rejoin.go); closed with the others, never receivers.
+	rejoined []*client
+	// lastSeq is, per sender id, the last sequence attempted by any
+	// process of the run (set when sending ended).
+	lastSeq []int
 }
 
 // newFleet prepares n clients; their structs exist before any dial so the
 // progress ticker can read their atomics without synchronising on the slice.
-func newFleet(cfg *Config, n int) *fleet {
+func newFleet(cfg *Config, n int) *fleet { return newFleetRange(cfg, 0, n) }
+
+// newFleetRange prepares the clients of global ids lo .. hi-1 (a shard's).
+func newFleetRange(cfg *Config, lo, hi int) *fleet {
 	var b [runIDLen / 2]byte
 	rand.Read(b[:])
-	f := &fleet{cfg: cfg, runID: hex.EncodeToString(b[:]), base: time.Now(), n: n, dialErrs: map[string]int{}}
-	f.clients = make([]*client, n)
+	f := &fleet{cfg: cfg, runID: hex.EncodeToString(b[:]), base: time.Now(), n: hi - lo, first: lo, dialErrs: map[string]int{}}
+	if cfg.runID != "" {
+		f.runID = cfg.runID
+	}
+	if cfg.clockEpoch != 0 {
+		f.clock = f.base.UnixNano() - cfg.clockEpoch
+	}
+	multi := len(cfg.targets()) > 1
+	f.clients = make([]*client, f.n)
 	for i := range f.clients {
-		f.clients[i] = &client{f: f, id: i, name: userName(f.runID, i)}
+		id := lo + i
+		c := &client{f: f, id: id, name: userName(f.runID, id)}
+		if multi {
+			c.node = cfg.nodeOf(id)
+		}
+		f.clients[i] = c
 	}
 	if cfg.Rooms.Small > 0 {
 		f.rooms = newRoomsRun(f)
@@ -67,7 +91,7 @@ func newFleet(cfg *Config, n int) *fleet {
 
 // now is the bench clock: nanoseconds since the fleet's monotonic base, so
 // send and receive timestamps compare directly within this process.
-func (f *fleet) now() int64 { return int64(time.Since(f.base)) }
+func (f *fleet) now() int64 { return int64(time.Since(f.base)) + f.clock }
 
 // errFDLimit is returned when the process ran out of file descriptors.
 var errFDLimit = errors.New("open-file limit reached (EMFILE): every connection needs one fd in this process; " +
@@ -170,6 +194,9 @@ func (f *fleet) dial(ctx context.Context, c *client) error {
 	c.rbuf = make([]byte, 256)
 	if f.cfg.storm {
 		c.seen = make([]uint64, (f.n+63)/64)
+	}
+	if f.track != nil {
+		c.got = make([]uint64, f.track.words)
 	}
 	c.wbuf = appendFrame(nil, ws.OpText, joinFrame(c.name))
 	conn.SetWriteDeadline(time.Now().Add(f.cfg.Timeout))
@@ -324,7 +351,7 @@ func (f *fleet) closeAll() { f.closeOnce.Do(f.doCloseAll) }
 func (f *fleet) doCloseAll() {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 64)
-	for _, c := range f.clients {
+	for _, c := range append(f.clients[:len(f.clients):len(f.clients)], f.rejoined...) {
 		if !c.up.Load() {
 			continue
 		}

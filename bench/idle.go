@@ -34,5 +34,35 @@ func runIdle(ctx context.Context, cfg *Config) (Result, error) {
 	}
 	res.Receivers = alive
 	res.Disconnected, res.DisconnectCodes, res.DisconnectWhy = disconnects(f.clients, nil)
+	if cfg.perNode() {
+		run.stop()
+		idleNodes(f, run, &res)
+	}
 	return res, nil
+}
+
+// idleNodes fills the per-server figures of an idle run over several
+// servers: each one's RSS per connection of its own clients.
+func idleNodes(f *fleet, run *scenarioRun, res *Result) {
+	receivers, gone := f.splitClients(nil, nil, func(*client) {})
+	res.Nodes = f.nodeResults(receivers, gone, run.windows, 0)
+	finishNodes(res, 0, false, false)
+	var before uint64
+	var grew int64
+	for i := range res.Nodes {
+		n := &res.Nodes[i]
+		n.RSSBeforeBytes = run.nodes.before[i].latest.RSS
+		if n.RSSBeforeBytes != nil && n.Server.RSSBytes != nil {
+			before += *n.RSSBeforeBytes
+			grew += int64(*n.Server.RSSBytes) - int64(*n.RSSBeforeBytes)
+			if n.Receivers > 0 {
+				n.RSSPerConnBytes = ptr((float64(*n.Server.RSSBytes) - float64(*n.RSSBeforeBytes)) / float64(n.Receivers))
+			}
+		}
+	}
+	res.RSSBeforeBytes, res.RSSPerConnBytes = nil, nil
+	if before > 0 && res.Receivers > 0 {
+		res.RSSBeforeBytes = ptr(before)
+		res.RSSPerConnBytes = ptr(float64(grew) / float64(res.Receivers))
+	}
 }

@@ -9,6 +9,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -25,6 +26,7 @@ import (
 // Config holds the flags of every subcommand.
 type Config struct {
 	URL         string
+	URLs        []string // every -url (repeatable, or comma-separated); prepare sets URL to the first
 	MetricsURL  string
 	Conns       int
 	JSON        bool
@@ -54,6 +56,20 @@ type Config struct {
 	// Progress receives the live status line; nil disables it.
 	Progress io.Writer
 
+	// Several servers (multi.go): the nodes the clients are spread over,
+	// this process's share of the clients and how the shards meet.
+	Nodes        []nodeTarget // prepare: one per -url
+	Shard        int          // -shard i/k: this process is shard i (0-based) ...
+	Shards       int          // ... of k (0 or 1: one process holds every client)
+	SyncDir      string       // -sync: directory the shards of one run meet in
+	SyncTimeout  time.Duration
+	SenderNodes  int    // -sender-nodes: senders only on the first N URLs (0: all)
+	Track        bool   // -track: every client records which messages it got
+	Rejoin       bool   // -rejoin: clients disconnected while sending are dialled again
+	runID        string // the run id of every shard (shard.go); "" = a fresh one
+	clockEpoch   int64  // unix ns the shards' fleet clocks count from; 0 = the fleet's start
+	explicitNone bool   // -metrics none
+
 	storm bool // clients track which join notices they saw
 }
 
@@ -70,7 +86,10 @@ var scenarios = map[string]scenario{
 			fs.IntVar(&c.Rooms.Small, "rooms", 0, "spread the clients evenly over this many rooms (?room=NAME); 0: all in the default room")
 		}},
 	"broadcast": {runBroadcast, "-senders clients send -rate msg/s each for -duration; count deliveries, loss, latency",
-		trafficFlags},
+		func(fs *flag.FlagSet, c *Config) {
+			trafficFlags(fs, c)
+			multiFlags(fs, c)
+		}},
 	"storm": {runStorm, "all clients join as fast as possible (server with -presence=true); time until every join notice arrived",
 		func(fs *flag.FlagSet, c *Config) {
 			fs.DurationVar(&c.Drain, "drain", 10*time.Second, "give up when no notice arrived for this long")
@@ -108,7 +127,7 @@ func trafficFlags(fs *flag.FlagSet, c *Config) {
 }
 
 func commonFlags(fs *flag.FlagSet, c *Config) {
-	fs.StringVar(&c.URL, "url", "ws://127.0.0.1:8080/ws", "server WebSocket URL")
+	fs.Var((*urlList)(&c.URLs), "url", "server WebSocket URL (default ws://127.0.0.1:8080/ws); idle and broadcast take several: repeat -url or separate them with commas, and the clients are spread over them round-robin")
 	fs.StringVar(&c.MetricsURL, "metrics", "", `server Prometheus URL (default: http://HOST:PORT/metrics from -url; "none" disables)`)
 	fs.IntVar(&c.Conns, "conns", 1000, "number of connections")
 	fs.BoolVar(&c.JSON, "json", false, "print one JSON object instead of the table")
@@ -125,6 +144,7 @@ func usage() {
 	for _, name := range []string{"idle", "broadcast", "storm", "slow", "soak", "rooms"} {
 		fmt.Fprintf(os.Stderr, "  %-10s %s\n", name, scenarios[name].usage)
 	}
+	fmt.Fprintf(os.Stderr, "  %-10s %s\n", "merge", "combine the -json results of the shards of one broadcast run (-shard i/k) into one report")
 	fmt.Fprintf(os.Stderr, "\nRun 'bench <subcommand> -h' for its flags.\n")
 }
 
@@ -135,6 +155,9 @@ func main() {
 			os.Exit(2)
 		}
 		return
+	}
+	if os.Args[1] == "merge" {
+		os.Exit(mergeMain(os.Args[2:], os.Stdout, os.Stderr))
 	}
 	sc, ok := scenarios[os.Args[1]]
 	if !ok {
@@ -147,7 +170,7 @@ func main() {
 	commonFlags(fs, cfg)
 	sc.flags(fs, cfg)
 	fs.Parse(os.Args[2:])
-	if err := prepare(cfg); err != nil {
+	if err := prepareFor(os.Args[1], cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(2)
 	}
@@ -186,30 +209,81 @@ func runScenario(ctx context.Context, sc scenario, cfg *Config) (Result, error) 
 	return res, err
 }
 
+// prepareFor is prepare for subcommand name, which must accept several
+// -url or -shard when they are given.
+func prepareFor(name string, cfg *Config) error {
+	if len(cfg.URLs) > 1 && name != "broadcast" && name != "idle" {
+		return fmt.Errorf("%s takes one -url; only broadcast and idle spread clients over several servers", name)
+	}
+	if len(cfg.URLs) > 1 && cfg.Rooms.Small > 0 {
+		return errors.New("idle -rooms takes one -url")
+	}
+	return prepare(cfg)
+}
+
 // prepare validates cfg and fills the defaults that depend on other flags.
 func prepare(cfg *Config) error {
-	u, err := url.Parse(cfg.URL)
-	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") {
-		return fmt.Errorf("-url %q: want ws://host:port/path", cfg.URL)
+	if len(cfg.URLs) == 0 {
+		cfg.URLs = []string{cmp.Or(cfg.URL, defaultURL)}
 	}
-	loopback := isLoopbackHost(u.Hostname())
-	if !loopback && !cfg.AllowRemote {
-		return fmt.Errorf("-url host %q is not a loopback address; pass -allow-remote if you own that server", u.Hostname())
+	cfg.URL = cfg.URLs[0]
+	loopback := true
+	for _, raw := range cfg.URLs {
+		u, err := url.Parse(raw)
+		if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") {
+			return fmt.Errorf("-url %q: want ws://host:port/path", raw)
+		}
+		if !isLoopbackHost(u.Hostname()) {
+			loopback = false
+			if !cfg.AllowRemote {
+				return fmt.Errorf("-url host %q is not a loopback address; pass -allow-remote if you own that server", u.Hostname())
+			}
+		}
 	}
 	if cfg.Conns <= 0 {
 		return errors.New("-conns must be > 0")
+	}
+	multi := len(cfg.URLs) > 1
+	if multi && cfg.MetricsURL != "" && cfg.MetricsURL != "none" {
+		return errors.New("-metrics names one server: with several -url each one's /metrics is used (or -metrics none)")
+	}
+	if multi && cfg.PID > 0 {
+		return errors.New("-pid names one server: with several -url the process listening on each one's port is sampled (or -pid -1)")
 	}
 	switch cfg.MetricsURL {
 	case "":
 		cfg.MetricsURL = metricsURLFor(cfg.URL)
 	case "none":
 		cfg.MetricsURL = ""
+		cfg.explicitNone = true
 	}
+	autoPID := cfg.PID == 0 && loopback
 	switch {
-	case cfg.PID == 0 && loopback:
+	case autoPID && !multi:
 		cfg.PID = findListenerPID(cfg.URL)
 	case cfg.PID < 0:
 		cfg.PID = 0
+	}
+	cfg.Nodes = make([]nodeTarget, len(cfg.URLs))
+	var pids []int
+	if multi && autoPID {
+		pids = findListenerPIDs(cfg.URLs, nil)
+	}
+	for i, raw := range cfg.URLs {
+		n := nodeTarget{URL: raw, MetricsURL: cfg.MetricsURL, PID: cfg.PID, autoPID: autoPID}
+		if multi {
+			n.MetricsURL, n.PID = "", 0
+			if !cfg.explicitNone {
+				n.MetricsURL = metricsURLFor(raw)
+			}
+			if pids != nil {
+				n.PID = pids[i]
+			}
+		}
+		cfg.Nodes[i] = n
+	}
+	if err := checkShards(cfg); err != nil {
+		return err
 	}
 	if cfg.LocalAddrs == 0 {
 		cfg.LocalAddrs = (cfg.Conns + portsPerSource - 1) / portsPerSource
@@ -217,7 +291,8 @@ func prepare(cfg *Config) error {
 	if cfg.LocalAddrs > 1 && !loopback {
 		return errors.New("-local-addrs > 1 needs a loopback -url")
 	}
-	return checkFDLimit(cfg.Conns)
+	lo, hi := cfg.shardRange()
+	return checkFDLimit(hi - lo)
 }
 
 // checkFDLimit raises the soft open-file limit as far as the hard limit

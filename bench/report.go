@@ -37,10 +37,20 @@ func writeTable(w io.Writer, r *Result) error {
 	}
 	roomsRows(row, r)
 	clientErrorRows(row, r)
+	trackRows(row, r)
 	serverRows(row, r)
 	serverWindowRows(row, r)
-	if err := tw.Flush(); err != nil || len(r.Samples) == 0 {
+	if err := tw.Flush(); err != nil {
 		return err
+	}
+	if len(r.Nodes) > 0 {
+		fmt.Fprintln(w)
+		if err := writeNodes(w, r); err != nil {
+			return err
+		}
+	}
+	if len(r.Samples) == 0 {
+		return nil
 	}
 	fmt.Fprintln(w)
 	return writeSamples(w, r.Samples)
@@ -52,6 +62,12 @@ type rowFunc func(k, format string, a ...any)
 // connectRows: the ramp-up, its errors and unconfirmed joins.
 func connectRows(row rowFunc, r *Result) {
 	row("scenario", "%s  %s", r.Scenario, r.URL)
+	if r.Shard != nil {
+		row("shard", "%d of %d  (run %s; %d sent by this shard's senders)", r.Shard.Index, r.Shard.Of, r.Shard.RunID, r.Shard.Sent)
+	}
+	if r.Merged > 0 {
+		row("merged", "%d shards", r.Merged)
+	}
 	row("connected", "%d / %d  (%.0f/s over %.2fs, %d failed)", r.Connected, r.Conns, r.ConnectsPerSec, r.ConnectSeconds, r.ConnectFailed)
 	for _, k := range sortedKeys(r.ConnectErrors) {
 		row("  connect error", "%d × %s", r.ConnectErrors[k], k)
@@ -73,6 +89,18 @@ func trafficRows(row rowFunc, r *Result) {
 	if l := r.Latency; l != nil {
 		row("latency ms", "p50 %.2f  p90 %.2f  p99 %.2f  max %.2f  (%d samples)", l.P50, l.P90, l.P99, l.Max, l.Count)
 	}
+}
+
+// trackRows: -track's verdict on silent loss.
+func trackRows(row rowFunc, r *Result) {
+	t := r.Tracking
+	if t == nil {
+		return
+	}
+	row("missed by a whole node", "%d messages  (%d deliveries; of %d messages attempted)", t.MissedByNode, t.LostWithNode, t.Messages)
+	row("lost alone", "%d deliveries  (missed by one client while others on its server got them)", t.LostAlone)
+	row("server-counted loss", "%.0f messages  (gochat_cluster_* drop/error counters: a node's own, plus the others' publish errors)", t.Counted)
+	row("silent loss", "%.0f messages  (missed by a whole node beyond what was counted for it)", t.Silent)
 }
 
 // stormRows: the join notices and how long they took.
@@ -120,6 +148,9 @@ func clientErrorRows(row rowFunc, r *Result) {
 		row("unparsed frames", "%d  (not {\"username\",\"content\"} JSON)", r.Unparsed)
 	}
 	row("disconnected", "%d%s", r.Disconnected, codes(r.DisconnectCodes))
+	if r.Rejoined != nil {
+		row("rejoined", "%d  (disconnected clients dialled again; not receivers)", *r.Rejoined)
+	}
 	for _, k := range sortedKeys(r.DisconnectWhy) {
 		row("  disconnect error", "%d × %s", r.DisconnectWhy[k], k)
 	}
@@ -202,6 +233,63 @@ func writeSamples(w io.Writer, samples []SoakSample) error {
 			optF(x.CPUSeconds), x.Connected, x.DeliveriesPerSec, x.Lost, p99, x.Churned, x.SlowEvicted)
 	}
 	return tw.Flush()
+}
+
+// writeNodes prints one row per server: what its clients saw, what it used.
+func writeNodes(w io.Writer, r *Result) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	track := r.Tracking != nil
+	idle := r.Scenario == "idle"
+	head := "node\tclients\tconnected\treceivers\tdelivered\tlost\tdisconnected\tp50 ms\tp99 ms\trss MiB\tcpu s\tµs/delivery\t"
+	if idle {
+		head = "node\tclients\tconnected\talive\tdisconnected\trss MiB\trss/conn B\tfds\t"
+	}
+	rejoin := r.Rejoined != nil
+	if rejoin {
+		head += "rejoined\tits deliveries\t"
+	}
+	if track {
+		head += "missed by node\tmissed partly\t"
+	}
+	fmt.Fprintln(tw, head+"restarts\tcluster counters\t")
+	for i, n := range r.Nodes {
+		rss := "-"
+		if n.Server.RSSBytes != nil {
+			rss = fmt.Sprintf("%.1f", float64(*n.Server.RSSBytes)/(1<<20))
+		}
+		if idle {
+			perConn := "-"
+			if n.RSSPerConnBytes != nil {
+				perConn = fmt.Sprintf("%.0f", *n.RSSPerConnBytes)
+			}
+			fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t", i, n.Clients, n.Connected, n.Receivers, n.Disconnected, rss, perConn, optInt(n.Server.FDs))
+		} else {
+			p50, p99 := "-", "-"
+			if n.Latency != nil {
+				p50, p99 = fmt.Sprintf("%.1f", n.Latency.P50), fmt.Sprintf("%.1f", n.Latency.P99)
+			}
+			fmt.Fprintf(tw, "%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t", i, n.Clients, n.Connected, n.Receivers, n.Deliveries, n.Lost,
+				n.Disconnected, p50, p99, rss, optF(n.Server.CPUSeconds), optF(n.CPUUsPerDeliver))
+		}
+		if rejoin {
+			fmt.Fprintf(tw, "%d\t%d\t", n.Rejoined, n.RejoinedDeliveries)
+		}
+		if track {
+			fmt.Fprintf(tw, "%s\t%s\t", optInt(n.MissedWhole), optInt(n.MissedPartly))
+		}
+		var ctr []string
+		for _, k := range sortedKeys(n.Counters) {
+			ctr = append(ctr, fmt.Sprintf("%s=%.0f", strings.TrimSuffix(strings.TrimPrefix(k, "gochat_cluster_"), "_total"), n.Counters[k]))
+		}
+		fmt.Fprintf(tw, "%d\t%s\t\n", n.Restarts, strings.Join(ctr, " "))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for i, n := range r.Nodes {
+		fmt.Fprintf(w, "node %d: %s\n", i, n.URL)
+	}
+	return nil
 }
 
 func optInt(p *int) string {

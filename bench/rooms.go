@@ -187,6 +187,9 @@ func roomURL(wsURL, name string) string {
 // dialURL is the URL client c dials: its room's when the fleet has rooms.
 func (f *fleet) dialURL(c *client) string {
 	if f.rooms == nil {
+		if t := f.cfg.targets(); len(t) > 1 {
+			return t[c.node].URL
+		}
 		return f.cfg.URL
 	}
 	return f.rooms.urls[f.rooms.roomOf[c.id]]

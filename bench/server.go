@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -182,19 +183,31 @@ func metricsURLFor(wsURL string) string {
 // port, so -pid is rarely needed when the server runs on this machine. It
 // returns 0 when it cannot tell (another user's process, no /proc, ...).
 func findListenerPID(wsURL string) int {
-	u, err := url.Parse(wsURL)
-	if err != nil {
-		return 0
+	return findListenerPIDIn(wsURL, nil)
+}
+
+// findListenerPIDIn is findListenerPID among the processes whose /proc
+// directory pick accepts (all when pick is nil).
+func findListenerPIDIn(wsURL string, pick func(dir string) bool) int {
+	return findListenerPIDs([]string{wsURL}, pick)[0]
+}
+
+// findListenerPIDs is findListenerPIDIn for several URLs in one pass over
+// /proc (a bench process's thousands of sockets are read once, not once
+// per server).
+func findListenerPIDs(wsURLs []string, pick func(dir string) bool) []int {
+	out := make([]int, len(wsURLs))
+	ports := map[int][]int{} // port -> indexes in wsURLs
+	for i, raw := range wsURLs {
+		u, err := url.Parse(raw)
+		if err != nil {
+			continue
+		}
+		if p, err := strconv.Atoi(cmp.Or(u.Port(), "80")); err == nil {
+			ports[p] = append(ports[p], i)
+		}
 	}
-	port := u.Port()
-	if port == "" {
-		port = "80"
-	}
-	p, err := strconv.Atoi(port)
-	if err != nil {
-		return 0
-	}
-	inodes := map[string]bool{}
+	inodes := map[string]int{} // "socket:[inode]" -> port
 	for _, file := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
 		b, err := os.ReadFile(file)
 		if err != nil {
@@ -207,19 +220,20 @@ func findListenerPID(wsURL string) int {
 				continue
 			}
 			_, hp, ok := strings.Cut(f[1], ":")
-			if v, err := strconv.ParseUint(hp, 16, 16); ok && err == nil && int(v) == p {
-				inodes["socket:["+f[9]+"]"] = true
+			if v, err := strconv.ParseUint(hp, 16, 16); ok && err == nil && ports[int(v)] != nil {
+				inodes["socket:["+f[9]+"]"] = int(v)
 			}
 		}
 	}
 	if len(inodes) == 0 {
-		return 0
+		return out
 	}
+	left := len(ports)
 	procs, _ := filepath.Glob("/proc/[0-9]*")
 	self := os.Getpid()
 	for _, dir := range procs {
 		pid, _ := strconv.Atoi(filepath.Base(dir))
-		if pid == self {
+		if pid == self || (pick != nil && !pick(dir)) {
 			continue
 		}
 		fds, err := os.ReadDir(dir + "/fd")
@@ -227,12 +241,20 @@ func findListenerPID(wsURL string) int {
 			continue
 		}
 		for _, fd := range fds {
-			if target, err := os.Readlink(dir + "/fd/" + fd.Name()); err == nil && inodes[target] {
-				return pid
+			target, err := os.Readlink(dir + "/fd/" + fd.Name())
+			p, ok := inodes[target]
+			if err != nil || !ok || out[ports[p][0]] != 0 {
+				continue
+			}
+			for _, i := range ports[p] {
+				out[i] = pid
+			}
+			if left--; left == 0 {
+				return out
 			}
 		}
 	}
-	return 0
+	return out
 }
 
 // isLoopbackHost reports whether host (from a URL) is a loopback address.

@@ -82,6 +82,89 @@ type Result struct {
 	ReplaceErrors       map[string]int `json:"replace_errors,omitempty"`
 	SettleSeconds       *float64       `json:"settle_seconds,omitempty"`
 	ConnectionsAfter    *int           `json:"server_connections_after,omitempty"`
+
+	// several servers (-url repeated) or one shard of several processes
+	// (-shard): each server's figures; the fields above are the totals and
+	// Server the sum over the servers.
+	Nodes    []NodeResult `json:"nodes,omitempty"`
+	Shard    *ShardInfo   `json:"shard,omitempty"`
+	Merged   int          `json:"merged_shards,omitempty"` // bench merge: how many shards
+	Rejoined *int         `json:"rejoined,omitempty"`      // -rejoin: disconnected clients back (not receivers)
+	Tracking *TrackStats  `json:"tracking,omitempty"`      // -track
+}
+
+// NodeResult is what the clients of one server saw, and that server.
+type NodeResult struct {
+	URL           string `json:"url"`
+	Clients       int    `json:"clients"`
+	Connected     int    `json:"connected"`
+	ConnectFailed int    `json:"connect_failed"`
+	Senders       int    `json:"senders"`
+	Receivers     int    `json:"receivers"`
+	Deliveries    uint64 `json:"deliveries"`
+	Expected      uint64 `json:"deliveries_expected"`
+	Lost          int64  `json:"lost"`
+	OutOfOrder    uint64 `json:"out_of_order"`
+	Disconnected  int    `json:"disconnected"`
+	// -rejoin: disconnected clients that joined again, and the measured
+	// messages they got after that (they are not receivers).
+	Rejoined           int      `json:"rejoined,omitempty"`
+	RejoinedDeliveries uint64   `json:"rejoined_deliveries,omitempty"`
+	Latency            *Latency `json:"latency_ms,omitempty"`
+	// LatencyHist is the HDR histogram behind Latency (µs, base64 of its
+	// compressed V2 encoding), written by shards so that merge adds
+	// histograms instead of averaging percentiles.
+	LatencyHist string `json:"latency_hist,omitempty"`
+
+	Server          ServerStats `json:"server"`
+	RSSBeforeBytes  *uint64     `json:"rss_before_bytes,omitempty"`
+	RSSPerConnBytes *float64    `json:"rss_per_conn_bytes,omitempty"`
+	CPUUsPerDeliver *float64    `json:"cpu_us_per_delivery,omitempty"`
+	// Restarts is how many times the process behind the URL changed (was
+	// killed and started again) in the window; CPU and counters are summed
+	// over its lives.
+	Restarts int `json:"server_restarts,omitempty"`
+	// Counters are the increases of the server's gochat_cluster_*_total
+	// counters over the window.
+	Counters map[string]float64 `json:"cluster_counters,omitempty"`
+
+	// -track: measured messages that every receiver of this server missed
+	// (a relay's loss), that some but not all missed (a client's), and,
+	// in a shard's JSON, per message ("sender:seq") how many receivers
+	// missed it.
+	MissedWhole  *int           `json:"messages_missed_by_node,omitempty"`
+	MissedPartly *int           `json:"messages_missed_partly,omitempty"`
+	Missing      map[string]int `json:"missing,omitempty"`
+}
+
+// ShardInfo says which part of a sharded run a result is.
+type ShardInfo struct {
+	Index int    `json:"index"`
+	Of    int    `json:"of"`
+	RunID string `json:"run_id"`
+	// Sent is what this shard's senders sent; the result's sent is the
+	// total of every shard, which its receivers were owed.
+	Sent uint64 `json:"sent_here"`
+}
+
+// TrackStats judges silent loss (-track). A relay that loses a message
+// loses it for every client of a server; the server should count it.
+type TrackStats struct {
+	Messages int `json:"messages"` // measured messages the senders attempted
+	// MissedByNode sums, over the servers, the messages every one of their
+	// receivers missed; LostWithNode is those as deliveries.
+	MissedByNode int    `json:"messages_missed_by_a_node"`
+	LostWithNode uint64 `json:"deliveries_lost_with_a_node"`
+	// LostAlone is the rest of the loss: deliveries one client missed
+	// while others on its server got them.
+	LostAlone int64 `json:"deliveries_lost_alone"`
+	// Counted is, over the servers, the messages the cluster counters say
+	// were not relayed to it: its own receive-side loss counters plus the
+	// publish-side ones of every other server.
+	Counted float64 `json:"server_counted"`
+	// Silent is, over the servers, the messages missed by a whole server
+	// beyond what was counted for it.
+	Silent float64 `json:"silent"`
 }
 
 // ServerStats are the server's figures at the end of the measured window;
@@ -115,6 +198,9 @@ func (r *Result) serverWindow(before, after serverSample) {
 func (r *Result) fillConnect(f *fleet) {
 	r.Conns = f.n
 	r.URL = f.cfg.URL
+	if urls := urlsOf(f.cfg); len(urls) > 1 {
+		r.URL = strings.Join(urls, ",")
+	}
 	r.Connected = int(f.connected.Load())
 	r.ConnectFailed = int(f.failed.Load())
 	if len(f.dialErrs) > 0 {
@@ -150,7 +236,11 @@ func (r *Result) connectErr() error {
 
 // mergeLatency merges the per-connection histograms of clients (read after
 // the readers exited).
-func mergeLatency(clients []*client) *Latency {
+func mergeLatency(clients []*client) *Latency { return latencyOf(mergeHist(clients)) }
+
+// mergeHist adds up the per-connection histograms of clients; nil if none
+// has one.
+func mergeHist(clients []*client) *hdrhistogram.Histogram {
 	var all *hdrhistogram.Histogram
 	for _, c := range clients {
 		if c.hist == nil {
@@ -161,6 +251,11 @@ func mergeLatency(clients []*client) *Latency {
 		}
 		all.Merge(c.hist)
 	}
+	return all
+}
+
+// latencyOf is the percentiles of a histogram in µs, in milliseconds.
+func latencyOf(all *hdrhistogram.Histogram) *Latency {
 	if all == nil || all.TotalCount() == 0 {
 		return nil
 	}
@@ -172,6 +267,20 @@ func mergeLatency(clients []*client) *Latency {
 		P99:   ms(all.ValueAtQuantile(99)),
 		Max:   ms(all.Max()),
 	}
+}
+
+// encodeHist is h in HDR's compressed V2 form, base64 (for the JSON).
+func encodeHist(h *hdrhistogram.Histogram) string {
+	b, err := h.Encode(hdrhistogram.V2CompressedEncodingCookieBase)
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+
+// decodeHist reverses encodeHist.
+func decodeHist(s string) (*hdrhistogram.Histogram, error) {
+	return hdrhistogram.Decode([]byte(s))
 }
 
 // sortedKeys returns m's keys in order, for stable output.

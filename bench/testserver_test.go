@@ -51,9 +51,22 @@ type testServer struct {
 	// sndbuf > 0 sets SO_SNDBUF on accepted connections so that clients
 	// that do not read back up quickly.
 	sndbuf int
+	// nodes > 1 serves the one chat on that many listeners (urls()), like
+	// a cluster whose relay loses nothing unless told to.
+	nodes int
+	// nodeDropEvery > 0 drops every nodeDropEvery-th measured message for
+	// every client of node dropNode, as a relay losing it on its way to
+	// that node would; nodeDropCounted has that node's /metrics count them
+	// in gochat_cluster_receive_drops_total.
+	nodeDropEvery, dropNode int
+	nodeDropCounted         bool
+	// dupEvery > 0 sends every dupEvery-th measured message twice.
+	dupEvery int
 
-	srv *httptest.Server
-	ctx context.Context
+	srv   *httptest.Server
+	extra []*httptest.Server // nodes 1..
+	hosts map[string]int     // listener host:port -> node
+	ctx   context.Context
 
 	mu             sync.Mutex
 	open           int // upgraded connections, for maxConns
@@ -62,10 +75,13 @@ type testServer struct {
 	droppedAlive   int // measured messages dropped for clients never closed
 	noticesDropped int
 	slowDropped    map[int]bool // bench ids dropped as slow consumers
+	nodeDrops      []int        // per node: measured messages dropped for all its clients
+	dupDeliveries  int          // second copies sent
 }
 
 type tsClient struct {
 	id     int // bench id, from the username
+	node   int // the listener it came through
 	name   string
 	conn   *websocket.Conn
 	out    chan []byte // nil entry: close with 1008
@@ -84,15 +100,34 @@ func startTestServer(t *testing.T, ts *testServer) *testServer {
 		ts.srv.Listener = sndbufListener{ts.srv.Listener, ts.sndbuf}
 	}
 	ts.srv.Start()
+	ts.hosts = map[string]int{ts.srv.Listener.Addr().String(): 0}
+	for i := 1; i < ts.nodes; i++ {
+		x := httptest.NewServer(http.HandlerFunc(ts.serveWS))
+		ts.hosts[x.Listener.Addr().String()] = i
+		ts.extra = append(ts.extra, x)
+	}
+	ts.nodeDrops = make([]int, max(ts.nodes, 1))
 	t.Cleanup(func() {
 		cancel()
 		ts.srv.Close()
+		for _, x := range ts.extra {
+			x.Close()
+		}
 	})
 	return ts
 }
 
 func (ts *testServer) url() string {
 	return "ws" + strings.TrimPrefix(ts.srv.URL, "http") + "/ws"
+}
+
+// urls is every node's WebSocket URL.
+func (ts *testServer) urls() []string {
+	out := []string{ts.url()}
+	for _, x := range ts.extra {
+		out = append(out, "ws"+strings.TrimPrefix(x.URL, "http")+"/ws")
+	}
+	return out
 }
 
 type sndbufListener struct {
@@ -114,9 +149,17 @@ type inMsg struct {
 }
 
 func (ts *testServer) serveWS(w http.ResponseWriter, r *http.Request) {
+	node := ts.hosts[r.Host]
 	if r.URL.Path == "/metrics" {
 		ts.mu.Lock()
 		fmt.Fprintf(w, "# TYPE gochat_slow_consumer_disconnects_total counter\ngochat_slow_consumer_disconnects_total %d\n", len(ts.slowDropped))
+		if ts.nodes > 1 {
+			drops := 0
+			if ts.nodeDropCounted {
+				drops = ts.nodeDrops[node]
+			}
+			fmt.Fprintf(w, "gochat_cluster_receive_drops_total %d\ngochat_cluster_publish_errors_total 0\ngochat_cluster_connected 1\n", drops)
+		}
 		ts.mu.Unlock()
 		return
 	}
@@ -154,7 +197,7 @@ func (ts *testServer) serveWS(w http.ResponseWriter, r *http.Request) {
 	if ts.slowFrom > 0 && id < ts.slowFrom {
 		q = 4096
 	}
-	c := &tsClient{id: id, name: join.Username, conn: conn, out: make(chan []byte, q)}
+	c := &tsClient{id: id, node: node, name: join.Username, conn: conn, out: make(chan []byte, q)}
 	go ts.writeLoop(ctx, c)
 
 	ts.mu.Lock()
@@ -199,9 +242,21 @@ func (ts *testServer) broadcastLocked(from *tsClient, content, user string) {
 	}
 	notice := user == "System"
 	deliveries := 0
+	nodeDrop := measured && ts.nodeDropEvery > 0 && ts.measured%ts.nodeDropEvery == 0
+	if nodeDrop {
+		ts.nodeDrops[ts.dropNode]++
+	}
+	dup := measured && ts.dupEvery > 0 && ts.measured%ts.dupEvery == 0
 	for _, c := range ts.clients {
-		if c.closed {
+		if c.closed || (nodeDrop && c.node == ts.dropNode) {
 			continue
+		}
+		if dup {
+			select {
+			case c.out <- msg:
+				ts.dupDeliveries++
+			default:
+			}
 		}
 		if measured && ts.dropEvery > 0 && ts.measured%ts.dropEvery == 0 && c.id%2 == 1 {
 			if c.id != ts.victim {

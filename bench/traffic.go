@@ -43,20 +43,50 @@ func checkTraffic(cfg *Config, slow int) error {
 	return nil
 }
 
-func runTraffic(ctx context.Context, cfg *Config, scenario string, slow int) (Result, error) {
-	res := Result{Scenario: scenario, Senders: cfg.Senders}
+func runTraffic(ctx context.Context, cfg *Config, scenario string, slow int) (res Result, err error) {
+	res = Result{Scenario: scenario, Senders: cfg.Senders}
 	if err := checkTraffic(cfg, slow); err != nil {
 		return res, err
 	}
-	f := newFleet(cfg, cfg.Conns)
+	sync := newShardSync(cfg)
+	if sync != nil {
+		defer func() {
+			if err != nil {
+				sync.abort(err)
+			}
+		}()
+		p, err := sync.plan(ctx, cfg)
+		if err != nil {
+			return res, err
+		}
+		cfg.runID, cfg.clockEpoch = p.RunID, p.Epoch
+	}
+	if cfg.Shards > 1 {
+		res.Shard = &ShardInfo{Index: cfg.Shard, Of: cfg.Shards, RunID: cfg.runID}
+	}
+	lo, hi := cfg.shardRange()
+	f := newFleetRange(cfg, lo, hi)
+	if cfg.Track {
+		if f.track, err = newTracker(cfg, f.n); err != nil {
+			return res, err
+		}
+	}
 	f.senders = cfg.Senders
 	isSlow := func(id int) bool { return id >= cfg.Conns-slow }
 	run := startScenario(cfg, f)
+	run.sync = sync
 	defer run.close()
 
 	start, err := run.startSending(ctx, isSlow, &res)
 	if err != nil {
 		return res, err
+	}
+	var rejoin *rejoiner
+	if cfg.Rejoin {
+		rejoin = startRejoin(ctx, f)
+		// Before run.close (defers run last first): no dial after the
+		// close, and every client back is closed with the others.
+		defer func() { f.rejoined = rejoin.stop() }()
 	}
 	sendErrs := f.sendAll(ctx, cfg)
 	if err := run.startDraining(ctx, &res); err != nil {
@@ -65,17 +95,27 @@ func runTraffic(ctx context.Context, cfg *Config, scenario string, slow int) (Re
 	// Receivers, their deliveries and the disconnected clients are judged
 	// in one pass, so a client is either a receiver for the whole measured
 	// window or a disconnect, never both.
+	// A repeated or late message does not count towards the end of the
+	// wait: the drain ends when every receiver could have every message.
 	var receivers, gone []*client
 	deadline := time.Now().Add(cfg.Drain)
 	for {
-		var del uint64
-		receivers, gone = f.splitClients(receivers, gone, func(c *client) { del += c.deliveries.Load() })
+		var del, fresh uint64
+		receivers, gone = f.splitClients(receivers, gone, func(c *client) {
+			d := c.deliveries.Load()
+			del += d
+			fresh += d - min(c.repeats.Load(), d)
+		})
 		res.Receivers, res.Deliveries = len(receivers), del
 		res.Expected = res.Sent * uint64(len(receivers))
-		if del >= res.Expected || time.Now().After(deadline) || ctx.Err() != nil {
+		if fresh >= res.Expected || time.Now().After(deadline) || ctx.Err() != nil {
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	if rejoin != nil {
+		f.rejoined = rejoin.stop()
+		res.Rejoined = ptr(len(f.rejoined))
 	}
 	run.window(ctx, &res)
 	if slow > 0 {
@@ -102,6 +142,10 @@ func runTraffic(ctx context.Context, cfg *Config, scenario string, slow int) (Re
 		res.DeliveriesPerSec = float64(res.Deliveries) / res.DurationSeconds
 	}
 	res.Latency = mergeLatency(receivers)
+	if cfg.perNode() {
+		res.Nodes = f.nodeResults(receivers, gone, run.windows, res.Sent)
+		finishNodes(&res, attempted(f.lastSeq), f.track != nil, cfg.Shards > 1)
+	}
 	if res.Server.CPUSeconds != nil && res.Deliveries > 0 {
 		res.CPUUsPerDeliver = ptr(*res.Server.CPUSeconds * 1e6 / float64(res.Deliveries))
 	}
@@ -119,6 +163,27 @@ func runTraffic(ctx context.Context, cfg *Config, scenario string, slow int) (Re
 	return res, nil
 }
 
+// attempted is how many measured messages the senders attempted.
+func attempted(lastSeq []int) int {
+	n := 0
+	for _, q := range lastSeq {
+		n += q
+	}
+	return n
+}
+
+// localLastSeq is, per sender id, the highest sequence this process's
+// senders attempted (read after sendAll returned).
+func (f *fleet) localLastSeq() []int {
+	out := make([]int, f.senders)
+	for _, c := range f.clients {
+		if c.id < len(out) {
+			out[c.id] = c.attempted
+		}
+	}
+	return out
+}
+
 // sendAll runs one goroutine per sender (clients 0..Senders-1), each sending
 // at cfg.Rate on its own schedule, phases spread evenly so the server sees
 // a steady stream rather than bursts. It returns the number of failed writes.
@@ -128,12 +193,13 @@ func (f *fleet) sendAll(ctx context.Context, cfg *Config) uint64 {
 	end := start.Add(cfg.Duration)
 	var wg sync.WaitGroup
 	errs := make([]uint64, cfg.Senders)
-	for i := range cfg.Senders {
-		c := f.clients[i]
-		if !f.alive(c) {
+	for _, c := range f.clients {
+		i := c.id // the senders are clients 0..Senders-1, in whichever shard
+		if i >= cfg.Senders || !f.alive(c) {
 			continue
 		}
 		f.activeSenders++
+		c.sending = true
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -210,6 +276,7 @@ func (f *fleet) sendPaced(ctx context.Context, c *client, first, end time.Time, 
 		if !f.alive(c) {
 			return
 		}
+		c.attempted = seq
 		if err := c.sendBench(kindMeasured, seq); err != nil {
 			if failed(err) {
 				return
