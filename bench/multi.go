@@ -159,7 +159,8 @@ func newNodeWatch(t nodeTarget) *nodeWatch {
 // clusterCounter reports whether a /metrics sample is one of the cluster
 // relay's counters the report follows.
 func clusterCounter(name string) bool {
-	return strings.HasPrefix(name, "gochat_cluster_") && strings.HasSuffix(name, "_total")
+	base, _, _ := strings.Cut(name, "{") // gochat_cluster_dropped_total{reason="flood"}
+	return strings.HasPrefix(base, "gochat_cluster_") && strings.HasSuffix(base, "_total")
 }
 
 // sample observes the server once and folds what changed into the sums.

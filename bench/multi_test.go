@@ -407,3 +407,30 @@ func TestRejoin(t *testing.T) {
 		t.Errorf("rejoined %v, per node %d/%d (the victim is on node 1)", res.Rejoined, res.Nodes[0].Rejoined, res.Nodes[1].Rejoined)
 	}
 }
+
+// The JetStream relay's counters: which ones are losses, on which side,
+// and its labeled drop counter is read with its labels.
+func TestClusterLossCounters(t *testing.T) {
+	m := parseMetrics(strings.NewReader("gochat_cluster_dropped_total{reason=\"flood\"} 7\ngochat_disconnects_total{code=\"1000\"} 3\ngochat_cluster_gaps_total 2\n"))
+	if m[`gochat_cluster_dropped_total{reason="flood"}`] != 7 || m["gochat_cluster_gaps_total"] != 2 || len(m) != 2 {
+		t.Fatalf("parsed %v", m)
+	}
+	if !clusterCounter(`gochat_cluster_dropped_total{reason="flood"}`) {
+		t.Error("labeled relay counter not followed")
+	}
+	for name, want := range map[string][2]bool{
+		`gochat_cluster_dropped_total{reason="flood"}`: {true, false},
+		"gochat_cluster_gaps_total":                    {true, false},
+		"gochat_cluster_gaps_unknown_total":            {true, false},
+		"gochat_cluster_publish_rejects_total":         {true, true},
+		"gochat_cluster_unsent_total":                  {true, true},
+		"gochat_cluster_overflow_total":                {false, false}, // recovered from the stream
+		"gochat_cluster_recovered_total":               {false, false},
+		"gochat_cluster_published_total":               {false, false},
+		"gochat_cluster_local_deliveries_total":        {false, false},
+	} {
+		if loss, pub := lossCounter(name); loss != want[0] || pub != want[1] {
+			t.Errorf("%s: loss %v publish side %v, want %v", name, loss, pub, want)
+		}
+	}
+}

@@ -96,22 +96,24 @@ func (s *sampler) metrics(ctx context.Context) map[string]float64 {
 }
 
 // parseMetrics reads the Prometheus text format, keeping samples without
-// labels (the process_* and go_* gauges the bench reports).
+// labels (the process_* and go_* gauges the bench reports) and the cluster
+// relay's labeled ones, keyed with their labels
+// (gochat_cluster_dropped_total{reason="flood"}).
 func parseMetrics(r io.Reader) map[string]float64 {
 	out := map[string]float64{}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
-		if line == "" || line[0] == '#' || strings.ContainsRune(line, '{') {
+		if line == "" || line[0] == '#' || strings.ContainsRune(line, '{') && !strings.HasPrefix(line, "gochat_cluster_") {
 			continue
 		}
-		f := strings.Fields(line)
-		if len(f) < 2 {
+		i := strings.LastIndexByte(line, ' ')
+		if i <= 0 {
 			continue
 		}
-		if v, err := strconv.ParseFloat(f[1], 64); err == nil {
-			out[f[0]] = v
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
 		}
 	}
 	return out

@@ -77,9 +77,9 @@ func msgKey(sender, seq int) string { return strconv.Itoa(sender) + ":" + strcon
 // lost or refused, and whether it is counted where they were published
 // (then every other server misses them) rather than where they arrived.
 func lossCounter(name string) (loss, publishSide bool) {
-	for _, w := range []string{"drop", "error", "lost", "loss", "gap", "fail", "skip"} {
+	for _, w := range []string{"drop", "error", "lost", "loss", "gap", "fail", "skip", "reject", "unsent"} {
 		if strings.Contains(name, w) {
-			return true, strings.Contains(name, "publish")
+			return true, strings.Contains(name, "publish") || strings.Contains(name, "unsent")
 		}
 	}
 	return false, false
