@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -842,4 +843,184 @@ func TestClusterConfig(t *testing.T) {
 	if strings.Contains(logs, "u:p@") {
 		t.Errorf("credentials in the log:\n%s", logs)
 	}
+}
+
+// expectBadJoin requires that joining as name is refused with the taken
+// error and closed.
+func expectBadJoin(t *testing.T, url, name string) {
+	t.Helper()
+	k := dialV2(t, url, name)
+	k.nextIs("System", "Error: Username is already taken")
+	if m, ok := <-k.msgs; ok {
+		t.Fatalf("%s: got %+v after the refusal, want the connection closed", name, m)
+	}
+}
+
+// Usernames are unique per room across the cluster: taken on one node
+// (in any spelling with the same key), refused on another until it leaves;
+// GET /rooms on any node counts the whole cluster.
+func TestClusterNamesUniqueAcrossNodes(t *testing.T) {
+	checkLeaks(t)
+	ns := startNATS(t, -1)
+	a, _ := startNode(t, ns, server.Config{})
+	b, _ := startNode(t, ns, server.Config{})
+	alice := dialV2(t, a.url, "alice")
+	alice.nextIs("System", "alice joined the chat")
+	for _, name := range []string{"alice", "ALICE", "ａｌｉｃｅ"} {
+		expectBadJoin(t, b.url, name)
+	}
+	other := dialV2(t, b.url+"?room=elsewhere", "alice") // another room: free
+	other.nextIs("System", "alice joined the chat")
+	bob := dialV2(t, b.url, "bob")
+	bob.nextIs("System", "bob joined the chat")
+	alice.nextIs("System", "bob joined the chat")
+
+	var rooms struct {
+		Rooms []struct {
+			Name    string `json:"name"`
+			Members int    `json:"members"`
+		} `json:"rooms"`
+		Total int `json:"total"`
+	}
+	eventually(t, clusterWait, "GET /rooms on A counts B's members", func() bool {
+		getJSON(t, a.base+"/rooms", &rooms)
+		return rooms.Total == 2 && len(rooms.Rooms) == 2 && rooms.Rooms[0].Members == 1 && rooms.Rooms[1].Members == 2
+	})
+	var members struct {
+		Members []string `json:"members"`
+		Total   int      `json:"total"`
+	}
+	getJSON(t, a.base+"/rooms/lobby", &members)
+	if !slices.Equal(members.Members, []string{"alice", "bob"}) || members.Total != 2 {
+		t.Errorf("GET /rooms/lobby on A: %+v", members)
+	}
+
+	alice.close()
+	bob.waitFor("System", "alice left the chat")
+	eventually(t, clusterWait, "alice free again", func() bool {
+		k := dialV2(t, b.url, "alice")
+		defer k.close()
+		m := k.next()
+		return m.Username == "System" && m.Content == "alice joined the chat"
+	})
+}
+
+// getJSON decodes the JSON answer of a GET.
+func getJSON(t testing.TB, url string, v any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A node stopped with SIGTERM: its members leave on every other node at
+// once, with one leave notice each, and their names are free.
+func TestClusterNodeStopped(t *testing.T) {
+	checkLeaks(t)
+	ns := startNATS(t, -1)
+	b, _ := startNode(t, ns, server.Config{})
+	c, _ := startNode(t, ns, server.Config{})
+	a := startGochat(t, gochatOpts{args: []string{"-nats", ns.ClientURL(), "-log-level", "warn"}})
+	aURL := "ws://" + a.addr + "/ws"
+	eventually(t, clusterWait, "the process joined the cluster", func() bool {
+		return a.metric("gochat_cluster_connected") == 1 && a.metric("gochat_cluster_degraded") == 0
+	})
+	bob := dialV2(t, b.url, "bob")
+	bob.nextIs("System", "bob joined the chat")
+	carol := dialV2(t, c.url, "carol")
+	carol.nextIs("System", "carol joined the chat")
+	bob.nextIs("System", "carol joined the chat")
+	for _, name := range []string{"alice", "dave"} {
+		k := dialV2(t, aURL, name)
+		k.nextIs("System", name+" joined the chat")
+		bob.nextIs("System", name+" joined the chat")
+		carol.nextIs("System", name+" joined the chat")
+	}
+	stoppedAt := time.Now()
+	a.signal(syscall.SIGTERM)
+	for _, k := range []*v2Client{bob, carol} {
+		got := map[string]int{}
+		for len(got) < 2 {
+			m := k.next()
+			got[m.Content]++
+		}
+		if got["alice left the chat"] != 1 || got["dave left the chat"] != 1 {
+			t.Fatalf("%s: %v, want each leave once", k.name, got)
+		}
+	}
+	took := time.Since(stoppedAt)
+	t.Logf("leaves everywhere %v after SIGTERM", took)
+	if strictTiming() && took > 3*time.Second {
+		t.Errorf("leaves took %v after SIGTERM, want at once", took)
+	}
+	if code, ok := a.wait(stopWait); !ok || code != 0 {
+		t.Errorf("node exited %v (exited %v)", code, ok)
+	}
+	// Names free at once; nobody else announces them again.
+	alice := dialV2(t, b.url, "alice")
+	alice.nextIs("System", "alice joined the chat")
+	bob.nextIs("System", "alice joined the chat")
+	carol.nextIs("System", "alice joined the chat")
+	bob.send(`{"content":"marker"}`)
+	carol.waitFor("bob", "marker")
+	if v := metric(t, b.base, "gochat_cluster_departed_total") + metric(t, c.base, "gochat_cluster_departed_total"); v != 0 {
+		t.Errorf("survivors announced %v departures of a node that left cleanly", v)
+	}
+}
+
+// A node killed (SIGKILL): its members leave on every other node within
+// its heartbeat's TTL (10 s, plus a heartbeat to notice), one leave notice
+// each though every survivor noticed, and their names are free.
+func TestClusterNodeKilled(t *testing.T) {
+	checkLeaks(t)
+	ns := startNATS(t, -1)
+	b, _ := startNode(t, ns, server.Config{})
+	c, _ := startNode(t, ns, server.Config{})
+	a := startGochat(t, gochatOpts{args: []string{"-nats", ns.ClientURL(), "-log-level", "warn"}})
+	aURL := "ws://" + a.addr + "/ws"
+	eventually(t, clusterWait, "the process joined the cluster", func() bool {
+		return a.metric("gochat_cluster_connected") == 1 && a.metric("gochat_cluster_degraded") == 0
+	})
+	bob := dialV2(t, b.url, "bob")
+	bob.nextIs("System", "bob joined the chat")
+	carol := dialV2(t, c.url, "carol")
+	carol.nextIs("System", "carol joined the chat")
+	bob.nextIs("System", "carol joined the chat")
+	for _, name := range []string{"alice", "dave"} {
+		k := dialV2(t, aURL, name)
+		k.nextIs("System", name+" joined the chat")
+		bob.nextIs("System", name+" joined the chat")
+		carol.nextIs("System", name+" joined the chat")
+	}
+	expectBadJoin(t, b.url, "alice")
+	killedAt := time.Now()
+	a.kill()
+	for _, k := range []*v2Client{bob, carol} {
+		got := map[string]int{}
+		for len(got) < 2 {
+			m := k.next()
+			got[m.Content]++
+		}
+		if got["alice left the chat"] != 1 || got["dave left the chat"] != 1 {
+			t.Fatalf("%s: %v, want each leave once", k.name, got)
+		}
+	}
+	took := time.Since(killedAt)
+	t.Logf("leaves everywhere %v after SIGKILL", took)
+	if strictTiming() && took > 15*time.Second {
+		t.Errorf("leaves took %v after SIGKILL, want within the 10 s TTL and a heartbeat", took)
+	}
+	bob.send(`{"content":"marker"}`)
+	bob.nextIs("bob", "marker") // no second leave notice in between
+	carol.nextIs("bob", "marker")
+	if v := metric(t, b.base, "gochat_cluster_departed_total") + metric(t, c.base, "gochat_cluster_departed_total"); v != 2 {
+		t.Errorf("survivors announced %v departures, want 2", v)
+	}
+	alice := dialV2(t, b.url, "alice")
+	alice.nextIs("System", "alice joined the chat")
 }

@@ -306,6 +306,12 @@ func (c *Relay) apply(e jetstream.KeyValueEntry) {
 	ro.all[e.Key()] = rosterEntry{node: node, name: name, rev: e.Revision()}
 }
 
+func (ro *roster) isLive() bool {
+	ro.mu.Lock()
+	defer ro.mu.Unlock()
+	return ro.live
+}
+
 func (ro *roster) setLive(live bool) {
 	ro.mu.Lock()
 	ro.live = live

@@ -91,9 +91,10 @@ func (o *outbox) age() time.Duration {
 	return time.Duration(time.Now().UnixNano() - o.recs[o.head].at)
 }
 
-// Degraded reports whether the cluster is out of reach and this node
-// delivers its members' messages itself.
-func (c *Relay) Degraded() bool { return c.out.isDegraded() }
+// Degraded reports whether the cluster is out of reach: this node
+// delivers its members' messages itself, or cannot check names with the
+// others yet.
+func (c *Relay) Degraded() bool { return c.out.isDegraded() || !c.roster.isLive() }
 
 func (o *outbox) isDegraded() bool {
 	o.mu.Lock()

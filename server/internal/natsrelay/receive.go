@@ -379,7 +379,12 @@ func (c *Relay) onLive(m *nats.Msg) {
 		return // delivered already (a catch-up got it first)
 	}
 	if prev > rs.last {
-		c.catchUp(rs, seq-1)
+		if !c.catchUp(rs, seq-1) {
+			// The stream cannot be asked now (NATS just came back, the
+			// stream is being checked): this message waits in the stream
+			// too, and the catch-up that follows delivers it in order.
+			return
+		}
 		if prev > rs.last {
 			// The stream no longer has the room's message prev (nor perhaps
 			// some before it). Those of gochat nodes are counted exactly

@@ -264,7 +264,7 @@ func (c *Relay) registerMetrics(reg prometheus.Registerer) {
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "gochat", Name: "cluster_outbox_age_seconds",
 		Help: "Age of the oldest message waiting in the outbox: the relay's lag."}, func() float64 { return c.out.age().Seconds() }))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "gochat", Name: "cluster_degraded",
-		Help: "1 while the cluster is out of reach and this node delivers its members' messages itself."}, func() float64 { return b2f(c.out.isDegraded()) }))
+		Help: "1 while the cluster is out of reach: this node delivers its members' messages itself, or cannot check names with the other nodes."}, func() float64 { return b2f(c.Degraded()) }))
 }
 
 const (
@@ -315,6 +315,7 @@ func (c *Relay) ensureStream() error {
 	}
 	c.streamH.Store(&st)
 	c.in.post(c.catchUpAll)
+	c.roster.poke()
 	return nil
 }
 
