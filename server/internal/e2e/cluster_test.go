@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -1026,4 +1027,106 @@ func TestClusterNodeKilled(t *testing.T) {
 	}
 	alice := dialV2(t, b.url, "alice")
 	alice.nextIs("System", "alice joined the chat")
+}
+
+// muteProxy forwards TCP to target both ways; mute(true) swallows what
+// the server sends (the client's requests still arrive): acks lost.
+type muteProxy struct {
+	ln    net.Listener
+	muted atomic.Bool
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func startMuteProxy(t *testing.T, target string) *muteProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &muteProxy{ln: ln}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, s)
+			p.mu.Unlock()
+			p.wg.Add(2)
+			go func() { defer p.wg.Done(); _, _ = io.Copy(s, c); s.Close() }()
+			go func() {
+				defer p.wg.Done()
+				defer c.Close()
+				buf := make([]byte, 32<<10)
+				for {
+					n, err := s.Read(buf)
+					if n > 0 && !p.muted.Load() {
+						if _, werr := c.Write(buf[:n]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+		p.wg.Wait()
+	})
+	return p
+}
+
+// The stream stored a node's messages but their acks never came back: the
+// node sends them again after reconnecting, and JetStream's de-duplication
+// by message id keeps one copy each. Every member sees each message once.
+func TestClusterAcksLost(t *testing.T) {
+	checkLeaks(t)
+	ns := startNATS(t, -1)
+	proxy := startMuteProxy(t, ns.Addr().String())
+	a := startServer(t, server.Config{NATS: "nats://" + proxy.ln.Addr().String()})
+	waitClustered(t, a)
+	b, _ := startNode(t, ns, server.Config{})
+	bob := dialV2(t, b.url, "bob")
+	bob.nextIs("System", "bob joined the chat")
+	alice := dialV2(t, a.url, "alice")
+	alice.nextIs("System", "alice joined the chat")
+	bob.nextIs("System", "alice joined the chat")
+
+	proxy.muted.Store(true)
+	for i := range 5 {
+		alice.send(fmt.Sprintf(`{"content":"m%04d"}`, i))
+	}
+	expectSeries(t, bob, "alice", 5) // stored and delivered to B at once
+	for i := range 5 {
+		alice.nextIs("alice", fmt.Sprintf("m%04d", i)) // A delivers them itself once it gives up on the acks
+	}
+	eventually(t, clusterWait, "A notices NATS does not answer", func() bool {
+		return metric(t, a.base, "gochat_cluster_connected") == 0
+	})
+	proxy.muted.Store(false)
+	waitClustered(t, a)
+	eventually(t, clusterWait, "A's outbox empty", func() bool {
+		return metric(t, a.base, "gochat_cluster_outbox_messages") == 0
+	})
+	bob.send(`{"content":"end"}`)
+	bob.nextIs("bob", "end") // no second copy of any of alice's
+	alice.nextIs("bob", "end")
 }
