@@ -195,7 +195,7 @@ func (h *Hub) Drain() {
 		r.namesMu.Unlock()
 		switch {
 		case len(names) == 0:
-		case len(names) > h.cfg.PresenceSummary:
+		case len(names) > h.cfg.PresenceSummary && len(names) >= 2:
 			_ = h.relay.Publish(r.name, &Message{Kind: KindLeft, Count: len(names), Name: names[0], Name2: names[1]})
 		default:
 			for _, name := range names {

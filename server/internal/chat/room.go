@@ -75,10 +75,12 @@ func (r *Room) Publish(name string, content []byte) error {
 // like local ones are.
 func (r *Room) deliver(id uint64, ts int64, m *Message) error {
 	if m.Kind != KindChat {
-		if r.hub.draining.Load() {
-			return nil // every member here is about to get close 1001
+		cfg := &r.hub.cfg
+		members := r.Members()
+		if !cfg.Presence || r.hub.draining.Load() || cfg.PresenceMax > 0 && members > cfg.PresenceMax {
+			return nil // no notices here (while draining: every member is about to get 1001)
 		}
-		if r.Members() > r.hub.cfg.PresenceSummary {
+		if members > cfg.PresenceSummary {
 			kind := joined
 			if m.Kind == KindLeft {
 				kind = left

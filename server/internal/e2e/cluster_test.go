@@ -1130,3 +1130,56 @@ func TestClusterAcksLost(t *testing.T) {
 	bob.nextIs("bob", "end") // no second copy of any of alice's
 	alice.nextIs("bob", "end")
 }
+
+// liveSubs returns the room live subjects each gochat node subscribes to,
+// by node id, as nats-server sees them.
+func liveSubs(t testing.TB, ns *natsserver.Server) map[string][]string {
+	t.Helper()
+	cz, err := ns.Connz(&natsserver.ConnzOptions{Subscriptions: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]string{}
+	for _, c := range cz.Conns {
+		id, ok := strings.CutPrefix(c.Name, "gochat-")
+		if !ok {
+			continue
+		}
+		out[id] = []string{}
+		for _, s := range c.Subs {
+			if room, ok := strings.CutPrefix(s, server.DefaultNATSSubject+".live."); ok {
+				out[id] = append(out[id], room)
+			}
+		}
+		slices.Sort(out[id])
+	}
+	return out
+}
+
+// Interest routing: a node subscribes to the rooms it has members in, and
+// only to those; a room its last member leaves is dropped at once.
+func TestClusterInterestRouting(t *testing.T) {
+	checkLeaks(t)
+	ns := startNATS(t, -1)
+	a, idA := startNode(t, ns, server.Config{})
+	b, idB := startNode(t, ns, server.Config{})
+	one := dialV2(t, a.url+"?room=r1", "one")
+	one.nextIs("System", "one joined the chat")
+	two := dialV2(t, b.url+"?room=r2", "two")
+	two.nextIs("System", "two joined the chat")
+	three := dialV2(t, b.url+"?room=r.3", "three")
+	three.nextIs("System", "three joined the chat")
+	eventually(t, clusterWait, "each node subscribed to its own rooms only", func() bool {
+		s := liveSubs(t, ns)
+		return slices.Equal(s[idA], []string{"r1"}) && slices.Equal(s[idB], []string{"r2", "r=3"})
+	})
+	one.send(`{"content":"only r1"}`)
+	one.nextIs("one", "only r1")
+	if v := metric(t, b.base, "gochat_cluster_received_total"); v != 2 { // its own two joins
+		t.Errorf("B received %v records, want only its own rooms' 2", v)
+	}
+	two.close()
+	eventually(t, clusterWait, "B dropped r2", func() bool {
+		return slices.Equal(liveSubs(t, ns)[idB], []string{"r=3"})
+	})
+}
