@@ -1183,3 +1183,41 @@ func TestClusterInterestRouting(t *testing.T) {
 		return slices.Equal(liveSubs(t, ns)[idB], []string{"r=3"})
 	})
 }
+
+// A node cut off from NATS longer than its TTL: the others announce its
+// members' departure (they are gone for them) while its own members chat
+// on locally; when the cut heals, the node claims their names again and
+// the others are told they are back.
+func TestClusterPartitionHeals(t *testing.T) {
+	checkLeaks(t)
+	ns := startNATS(t, -1)
+	proxy := startProxy(t, ns.Addr().String())
+	a := startServer(t, server.Config{NATS: "nats://" + proxy.addr()})
+	waitClustered(t, a)
+	b, _ := startNode(t, ns, server.Config{})
+	bob := dialV2(t, b.url, "bob")
+	bob.nextIs("System", "bob joined the chat")
+	alice := dialV2(t, a.url, "alice")
+	alice.nextIs("System", "alice joined the chat")
+	bob.nextIs("System", "alice joined the chat")
+
+	proxy.cut(true)
+	bob.nextIs("System", "alice left the chat") // after the TTL
+	alice.send(`{"content":"anyone?"}`)
+	alice.nextIs("alice", "anyone?") // local chat goes on
+	proxy.cut(false)
+	// Claimed again (announced as joined), and what she said meanwhile
+	// arrives: the outbox may go out before the claim is made.
+	got := map[string]bool{}
+	for range 2 {
+		m := bob.next()
+		got[m.Username+": "+m.Content] = true
+	}
+	if !got["System: alice joined the chat"] || !got["alice: anyone?"] {
+		t.Fatalf("bob after the cut healed: %v", got)
+	}
+	expectBadJoin(t, b.url, "alice")
+	if v := metric(t, a.base, "gochat_cluster_name_conflicts_total"); v != 0 {
+		t.Errorf("name conflicts %v", v)
+	}
+}

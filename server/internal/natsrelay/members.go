@@ -36,8 +36,9 @@ type roster struct {
 	mu    sync.Mutex             // Protects following.
 	held  map[string]*claim      // keys this node holds for its members
 	all   map[string]rosterEntry // the cluster's roster, from the watcher
-	ready bool                   // all holds the whole bucket (the watcher's initial values arrived)
-	live  bool                   // this node's heartbeat is in the nodes bucket: claims go to the cluster
+	ready    bool                // all holds the whole bucket (the watcher's initial values arrived)
+	live     bool                // this node's heartbeat is in the nodes bucket: claims go to the cluster
+	reassert bool                // names held here are to be claimed again (live came back)
 
 	members, nodes atomicKV
 	watcher        jetstream.KeyWatcher // the members watcher; presence goroutine only
@@ -200,17 +201,24 @@ func (c *Relay) Release(room, key string) {
 	ro.poke()
 }
 
-// presence is the roster's goroutine: heartbeats, the members watcher,
-// deletes of released keys, and the cleanup of dead nodes.
+// presence is the roster's goroutine: the members watcher, deletes of
+// released keys, reasserting names after a reconnection, and the cleanup
+// of dead nodes. Heartbeats have a goroutine of their own (beats), so that
+// no amount of this work can delay them past nodeTTL.
 func (c *Relay) presence() {
 	defer close(c.presDone)
 	ro := &c.roster
 	tick := time.NewTicker(heartbeat)
 	defer tick.Stop()
 	var updates <-chan jetstream.KeyValueEntry
+	beating := false
 	for {
+		scan := false
 		select {
 		case <-c.quit:
+			if beating {
+				<-c.beatDone
+			}
 			c.leaveAll()
 			if ro.watcher != nil {
 				_ = ro.watcher.Stop()
@@ -225,6 +233,7 @@ func (c *Relay) presence() {
 			continue
 		case <-ro.wake:
 		case <-tick.C:
+			scan = true
 		}
 		if c.streamH.Load() == nil || !c.nc.IsConnected() {
 			continue
@@ -237,11 +246,33 @@ func (c *Relay) presence() {
 			if w := c.watchMembers(); w != nil {
 				updates = w.Updates()
 			}
+			beating = true
+			go c.beats()
+		}
+		c.deleteReleased()
+		if ro.takeReassert() {
 			c.reassert()
 		}
+		if scan {
+			c.cleanDeadNodes()
+		}
+	}
+}
+
+// beats puts this node's key in the nodes bucket every heartbeat, until
+// Close. The first put that lands after the node was cut off (or at start)
+// makes it claim its names in the cluster (reassert).
+func (c *Relay) beats() {
+	defer close(c.beatDone)
+	tick := time.NewTicker(heartbeat)
+	defer tick.Stop()
+	for {
 		c.beat()
-		c.deleteReleased()
-		c.cleanDeadNodes()
+		select {
+		case <-c.quit:
+			return
+		case <-tick.C:
+		}
 	}
 }
 
@@ -319,22 +350,37 @@ func (ro *roster) setLive(live bool) {
 }
 
 // beat puts this node's heartbeat; the first one lets claims go to the
-// cluster.
+// cluster, and has the names held here claimed there.
 func (c *Relay) beat() {
 	ro := &c.roster
+	if !c.nc.IsConnected() {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 	defer cancel()
 	if _, err := ro.nodes.load().Put(ctx, c.node, []byte(time.Now().UTC().Format(time.RFC3339))); err != nil {
-		ro.setLive(false) // the next heartbeat that lands reasserts this node's names
-		return
+		return // a slow put is retried; a disconnection sets live false
 	}
 	ro.mu.Lock()
 	first := !ro.live
 	ro.live = true
+	ro.reassert = ro.reassert || first
 	ro.mu.Unlock()
 	if first {
-		c.reassert()
+		ro.poke()
 	}
+}
+
+// takeReassert reports, once, that names are to be claimed again; it
+// waits for the replica of the members bucket, which reassert reads.
+func (ro *roster) takeReassert() bool {
+	ro.mu.Lock()
+	defer ro.mu.Unlock()
+	if !ro.reassert || !ro.ready {
+		return false
+	}
+	ro.reassert = false
+	return true
 }
 
 // reassert claims in the cluster every name this node holds: the ones
@@ -362,16 +408,16 @@ func (c *Relay) reassert() {
 	}
 	ro.mu.Unlock()
 	for _, h := range holds {
+		// Asked of the bucket, not the replica: right after a reconnection
+		// the replica may not have caught up with what the others deleted.
 		ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 		e, err := kv.Get(ctx, h.k)
 		cancel()
 		if err == nil {
 			if node, _, ok := parseMemberValue(e.Value()); ok && node == c.node {
-				c.setRev(h.k, e.Revision())
+				c.setRev(h.k, e.Revision()) // still ours
 				continue
 			}
-		} else if !errors.Is(err, jetstream.ErrKeyNotFound) && !errors.Is(err, jetstream.ErrKeyDeleted) {
-			return // NATS failed: the next reconnection tries again
 		}
 		rev, err := c.create(kv, h.k, h.name)
 		switch {
@@ -384,6 +430,9 @@ func (c *Relay) reassert() {
 			c.metrics.nameConflicts.Inc()
 			c.log.Warn("a name held here was taken on another node while this node was cut off")
 		default:
+			ro.mu.Lock()
+			ro.reassert = true // NATS failed meanwhile: again at the next chance
+			ro.mu.Unlock()
 			return
 		}
 	}

@@ -96,6 +96,7 @@ type Relay struct {
 	pubDone  chan struct{} // closed when the publisher returns
 	rcvDone  chan struct{} // closed when the receiver returns
 	presDone chan struct{} // closed when the presence goroutine returns
+	beatDone chan struct{} // closed when the heartbeat goroutine returns (or never started)
 	closed   chan struct{} // closed by the NATS ClosedHandler
 	started  atomic.Bool
 }
@@ -151,6 +152,7 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Relay, error
 		pubDone:  make(chan struct{}),
 		rcvDone:  make(chan struct{}),
 		presDone: make(chan struct{}),
+		beatDone: make(chan struct{}),
 		closed:   make(chan struct{}),
 	}
 	c.out.init()
