@@ -33,12 +33,12 @@ import (
 // publishes that member's leave notice. A node that stops gracefully
 // publishes its members' leaves and deletes their keys itself.
 type roster struct {
-	mu    sync.Mutex             // Protects following.
-	held  map[string]*claim      // keys this node holds for its members
-	all   map[string]rosterEntry // the cluster's roster, from the watcher
-	ready    bool                // all holds the whole bucket (the watcher's initial values arrived)
-	live     bool                // this node's heartbeat is in the nodes bucket: claims go to the cluster
-	reassert bool                // names held here are to be claimed again (live came back)
+	mu       sync.Mutex             // Protects following.
+	held     map[string]*claim      // keys this node holds for its members
+	all      map[string]rosterEntry // the cluster's roster, from the watcher
+	ready    bool                   // all holds the whole bucket (the watcher's initial values arrived)
+	live     bool                   // this node's heartbeat is in the nodes bucket: claims go to the cluster
+	reassert bool                   // names held here are to be claimed again (live came back)
 
 	members, nodes atomicKV
 	watcher        jetstream.KeyWatcher // the members watcher; presence goroutine only
