@@ -396,6 +396,9 @@ func TestClusterRelay(t *testing.T) {
 	if ma.ID == 0 || ma.ID != mb.ID || ma.TS != mb.TS || ma.Room != "lobby" {
 		t.Fatalf("the same message differs between nodes: A %+v, B %+v", ma, mb)
 	}
+	if body := readyz(t, a.base); body != "ready\n" {
+		t.Errorf("/readyz in the cluster: %q", body)
+	}
 	bob.send(`{"content":"hi from B"}`)
 	mb2 := bob.nextIs("bob", "hi from B")
 	ma2 := alice.nextIs("bob", "hi from B")
@@ -578,6 +581,9 @@ func TestClusterNATSHung(t *testing.T) {
 	eventually(t, clusterWait, "node notices the hung NATS", func() bool {
 		return metric(t, a.base, "gochat_cluster_degraded") == 1
 	})
+	if body := readyz(t, a.base); body != "ready (cluster out of reach)\n" {
+		t.Errorf("/readyz while NATS hangs: %q", body) // still ready: its members chat on
+	}
 	noticed := time.Since(hungAt)
 	t.Logf("hung NATS noticed after %v", noticed)
 	if strictTiming() && noticed > 6*time.Second {
@@ -1220,4 +1226,19 @@ func TestClusterPartitionHeals(t *testing.T) {
 	if v := metric(t, a.base, "gochat_cluster_name_conflicts_total"); v != 0 {
 		t.Errorf("name conflicts %v", v)
 	}
+}
+
+// readyz returns /readyz's body, requiring 200.
+func readyz(t testing.TB, base string) string {
+	t.Helper()
+	resp, err := http.Get(base + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/readyz: %s %s", resp.Status, b)
+	}
+	return string(b)
 }

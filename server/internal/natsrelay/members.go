@@ -509,25 +509,38 @@ func (c *Relay) deleteKeys(dels []keyRev) []keyRev {
 // publishes the member's leave.
 func (c *Relay) cleanDeadNodes() {
 	ro := &c.roster
-	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
-	keys, err := ro.nodes.load().Keys(ctx)
-	cancel()
-	if err != nil && !errors.Is(err, jetstream.ErrNoKeysFound) {
-		return
-	}
-	alive := map[string]bool{c.node: true}
-	for _, k := range keys {
-		alive[k] = true
-	}
 	ro.mu.Lock()
 	if !ro.ready {
 		ro.mu.Unlock()
 		return
 	}
+	owners := map[string]bool{}
+	for _, e := range ro.all {
+		if e.node != c.node {
+			owners[e.node] = true
+		}
+	}
+	ro.mu.Unlock()
+	// Each owner's heartbeat asked one by one: only a definite "not found"
+	// is a death (a listing cut short by a slow server would look like
+	// one).
+	dead := map[string]bool{}
+	for node := range owners {
+		ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
+		_, err := ro.nodes.load().Get(ctx, node)
+		cancel()
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			dead[node] = true
+		}
+	}
+	if len(dead) == 0 {
+		return
+	}
+	ro.mu.Lock()
 	var dels []keyRev
 	names := map[string]string{}
 	for k, e := range ro.all {
-		if !alive[e.node] {
+		if dead[e.node] {
 			dels = append(dels, keyRev{k, e.rev})
 			names[k] = e.name
 		}
