@@ -60,6 +60,9 @@ func refused(t *testing.T, ns *natsserver.Server, nl *natsLog, connected int, cf
 	if n := len(gochatNodes(t, ns)); n != connected {
 		t.Errorf("nats-server has %d gochat nodes, want %d", n, connected)
 	}
+	eventually(t, clusterWait, "the node logs why NATS refuses it", func() bool {
+		return strings.Contains(s.log.String(), "nats connection failing")
+	})
 	alice := joinChat(t, s.url, "alice") // alone, but serving
 	alice.send(`{"content":"local"}`)
 	alice.nextIs(chatMsg{"alice", "local"})
