@@ -15,7 +15,11 @@ const quietRelease = 2 * time.Second
 // scavenger catch up, which on an idle server can take minutes, so the
 // garbage of a storm would stay resident while its clients sit idle. One
 // forced collection per quiet spell costs a few milliseconds at 10,000
-// connections and nothing while the server is busy. Keeper goroutine only.
+// connections and nothing while the server is busy. Before it, the hub
+// drops the broadcast buffers of rooms that are not broadcasting (a room
+// that spoke once keeps them otherwise: about 700 bytes a room, which in
+// many small rooms is as much again per connection as the connection).
+// Keeper goroutine only.
 type releaser struct {
 	seen     uint64 // activity when last looked at
 	since    int64  // unix nanos since activity last changed
@@ -32,6 +36,7 @@ func (r *releaser) check(s *Server, now int64) {
 		return
 	}
 	r.released = true
+	s.hub.Trim()
 	debug.FreeOSMemory()
 	s.metrics.idleCollections.Inc()
 }

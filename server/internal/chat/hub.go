@@ -205,6 +205,15 @@ func (h *Hub) Drain() {
 	}
 }
 
+// Trim drops the broadcast buffers of every room that has no round in
+// flight or due; the next message of such a room allocates them again.
+// For a server gone quiet: buffers of rooms that spoke once are not kept.
+func (h *Hub) Trim() {
+	for _, r := range h.snapshot() {
+		r.rounds.trim()
+	}
+}
+
 // Idle reports whether no room has a round in flight or due.
 func (h *Hub) Idle() bool {
 	for _, r := range h.snapshot() {

@@ -89,6 +89,17 @@ func (r *rounds) init(room *Room) {
 	r.history.init(room.hub)
 }
 
+// trim drops the room's broadcast buffers (and the scratch entry of a room
+// that keeps no history) if no round is in flight or due: nothing refers
+// to them between rounds.
+func (r *rounds) trim() {
+	r.qmu.Lock()
+	if !r.running && r.emptyLocked() {
+		r.bufs, r.scratch = nil, nil
+	}
+	r.qmu.Unlock()
+}
+
 func (r *rounds) idle() bool {
 	r.qmu.Lock()
 	defer r.qmu.Unlock()

@@ -1,0 +1,87 @@
+package chat
+
+import (
+	"bytes"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"gochat/pool"
+	"gochat/server/internal/wsframe"
+)
+
+// recorder is a Transport that keeps what it is given.
+type recorder struct {
+	mu  sync.Mutex
+	got []byte
+}
+
+func (r *recorder) Deliver(b []byte) (bool, int) {
+	r.mu.Lock()
+	r.got = append(r.got, b...)
+	r.mu.Unlock()
+	return true, len(b)
+}
+func (r *recorder) Send(b []byte)             { r.Deliver(b) }
+func (r *recorder) Close(*wsframe.CloseCause) {}
+func (r *recorder) Joined()                   {}
+
+func (r *recorder) has(s string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return bytes.Contains(r.got, []byte(s))
+}
+
+func testHub(t *testing.T) *Hub {
+	t.Helper()
+	p, err := pool.New(4, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "c"})
+	m := &Metrics{Joins: c, JoinRejects: c, Leaves: c, MessagesIn: c, Published: c, Deliveries: c, BytesOut: c,
+		Rounds: c, BusyRejects: c, RateLimited: c, ErrorBudget: c, Replayed: c, Gaps: c,
+		BroadcastLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "h"})}
+	return NewHub(Config{MaxContent: 2000, Rate: 10, Burst: 20, MaxRooms: 10, History: 100, PresenceSummary: 2000, Shards: 4},
+		p, m, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// A room that spoke once and went quiet gives its broadcast buffers back
+// on Trim, and speaks again as before.
+func TestTrimDropsIdleRoomBuffers(t *testing.T) {
+	h := testHub(t)
+	rec := &recorder{}
+	var s Session
+	s.Init(rec, 1)
+	r, err := h.Acquire([]byte("small"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Attach(r, Options{})
+	s.OnMessage([]byte(`{"username":"alice","content":"one"}`), time.Now().UnixNano())
+	waitFor(t, "the first message delivered", func() bool { return rec.has(`"one"`) && h.Idle() })
+	if r.rounds.bufs == nil {
+		t.Fatal("no buffers after a round (the test proves nothing)")
+	}
+	h.Trim()
+	if r.rounds.bufs != nil {
+		t.Fatal("Trim kept an idle room's broadcast buffers")
+	}
+	s.OnMessage([]byte(`{"content":"two"}`), time.Now().UnixNano())
+	waitFor(t, "a message after Trim delivered", func() bool { return rec.has(`"two"`) })
+	s.Leave()
+}
