@@ -109,7 +109,8 @@ type Config struct {
 	// NATS is the NATS URL (or comma-separated URLs) through which several
 	// gochat nodes share one chat; empty means a single node (cluster.go).
 	NATS string
-	// NATSSubject is the NATS subject the nodes of one chat share.
+	// NATSSubject prefixes the NATS subjects of one cluster's rooms and
+	// names its JetStream stream and key-value buckets.
 	NATSSubject string
 	// NATSCreds is a NATS .creds file (a user JWT and its nkey seed).
 	NATSCreds string
@@ -359,7 +360,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Var(durationFlag(&c.RoundInterval, true), "round-interval", "shortest time between a busy large room's broadcast rounds; messages in between share one write per client; idle and small rooms send at once (`duration` >= 0; 0: pace by round cost alone)")
 	fs.Var(durationFlag(&c.ShutdownTimeout, false), "shutdown-timeout", "time allowed for close handshakes at shutdown (`duration` > 0)")
 	fs.Var(natsValue{&c.NATS}, "nats", "NATS `URLs` (comma-separated, nats:// or tls://) to share the chat with other gochat nodes, e.g. nats://127.0.0.1:4222; empty: single node")
-	fs.Var(subjectValue{&c.NATSSubject}, "nats-subject", "NATS `subject` shared by the gochat nodes of one chat (dot-separated tokens, no wildcards)")
+	fs.Var(subjectValue{&c.NATSSubject}, "nats-subject", "`prefix` of the NATS subjects of one cluster's rooms, which also names its JetStream stream and buckets (dot-separated tokens, no wildcards)")
 	fs.Var(fileValue{&c.NATSCreds}, "nats-creds", "NATS .creds `file` (user JWT and nkey seed, as nsc writes it) to authenticate with; one of -nats-creds, -nats-nkey, -nats-token, -nats-user")
 	fs.Var(fileValue{&c.NATSNKey}, "nats-nkey", "`file` holding an nkey user seed (SU..., as nk -gen user writes it) to authenticate to NATS with")
 	fs.StringVar(&c.NATSUser, "nats-user", "", "NATS user `name`; needs -nats-password")

@@ -93,13 +93,18 @@ func (in *receiver) allow(at time.Time) bool {
 	return true
 }
 
-// Watch subscribes to the room and loads its history (chat.Relay).
+// Watch subscribes to the room and loads its history (chat.Relay). While
+// the cluster is out of reach nobody waits for that: the room opens empty
+// and is caught up when NATS is back, so no worker waits on a hung NATS.
 func (c *Relay) Watch(name string) <-chan struct{} {
 	done := make(chan struct{})
 	c.in.post(func() {
 		c.watch(name)
 		close(done)
 	})
+	if c.out.isDegraded() {
+		return nil
+	}
 	return done
 }
 
