@@ -14,4 +14,8 @@
 // membersMu. Transport.Send is called with namesMu and qmu held (the
 // replay, so that it lands before any live batch); Transport.Deliver with
 // no lock held. No Transport method takes a lock of this package.
+// Relay.Watch and Relay.Unwatch are called with Hub.mu held and take only
+// the relay's own leaf locks; every other Relay method is called with no
+// lock of this package held, and the relay calls Hub.Deliver, Load and
+// Forget with none of its locks held but its local-delivery lock.
 package chat
