@@ -7,6 +7,7 @@ package e2e
 // view of its connections, and the server's log.
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -443,6 +444,11 @@ func TestClusterExactlyOnceInOrder(t *testing.T) {
 		senders = append(senders, dialV2(t, s.url, fmt.Sprintf("s%d", i)))
 	}
 	// Every node has both members before anyone speaks.
+	for _, s := range nodes {
+		eventually(t, clusterWait, "both members joined on every node", func() bool {
+			return metric(t, s.base, "gochat_members") == 2
+		})
+	}
 	for _, k := range append(senders, receivers...) {
 		k.send(`{"content":"ready"}`)
 	}
@@ -1035,23 +1041,27 @@ func TestClusterNodeKilled(t *testing.T) {
 	alice.nextIs("System", "alice joined the chat")
 }
 
-// muteProxy forwards TCP to target both ways; mute(true) swallows what
-// the server sends (the client's requests still arrive): acks lost.
-type muteProxy struct {
-	ln    net.Listener
-	muted atomic.Bool
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns []net.Conn
+// ackDropper forwards TCP to a nats-server both ways, reading the server's
+// side as the NATS protocol: while drop is set it swallows the messages to
+// _INBOX subjects (JetStream's acks) and passes everything else (INFO,
+// PING/PONG, deliveries), so the node stays connected and only its acks
+// are lost.
+type ackDropper struct {
+	ln      net.Listener
+	drop    atomic.Bool
+	dropped atomic.Int64
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	conns   []net.Conn
 }
 
-func startMuteProxy(t *testing.T, target string) *muteProxy {
+func startAckDropper(t *testing.T, target string) *ackDropper {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &muteProxy{ln: ln}
+	p := &ackDropper{ln: ln}
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
@@ -1070,22 +1080,7 @@ func startMuteProxy(t *testing.T, target string) *muteProxy {
 			p.mu.Unlock()
 			p.wg.Add(2)
 			go func() { defer p.wg.Done(); _, _ = io.Copy(s, c); s.Close() }()
-			go func() {
-				defer p.wg.Done()
-				defer c.Close()
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := s.Read(buf)
-					if n > 0 && !p.muted.Load() {
-						if _, werr := c.Write(buf[:n]); werr != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
+			go func() { defer p.wg.Done(); defer c.Close(); p.serverToClient(s, c) }()
 		}
 	}()
 	t.Cleanup(func() {
@@ -1100,13 +1095,41 @@ func startMuteProxy(t *testing.T, target string) *muteProxy {
 	return p
 }
 
+// serverToClient copies the server's protocol lines (and message payloads)
+// to the client, leaving out acks while drop is set.
+func (p *ackDropper) serverToClient(s, c net.Conn) {
+	r := bufio.NewReaderSize(s, 64<<10)
+	for {
+		line, err := r.ReadBytes('\n')
+		if err != nil {
+			return
+		}
+		out := line
+		if f := strings.Fields(string(line)); len(f) >= 3 && (f[0] == "MSG" || f[0] == "HMSG") {
+			size, _ := strconv.Atoi(f[len(f)-1]) // HMSG's last field is the total size
+			payload := make([]byte, size+2)      // and its CRLF
+			if _, err := io.ReadFull(r, payload); err != nil {
+				return
+			}
+			if p.drop.Load() && strings.HasPrefix(f[1], "_INBOX.") {
+				p.dropped.Add(1)
+				continue
+			}
+			out = append(line, payload...)
+		}
+		if _, err := c.Write(out); err != nil {
+			return
+		}
+	}
+}
+
 // The stream stored a node's messages but their acks never came back: the
 // node sends them again after reconnecting, and JetStream's de-duplication
 // by message id keeps one copy each. Every member sees each message once.
 func TestClusterAcksLost(t *testing.T) {
 	checkLeaks(t)
 	ns := startNATS(t, -1)
-	proxy := startMuteProxy(t, ns.Addr().String())
+	proxy := startAckDropper(t, ns.Addr().String())
 	a := startServer(t, server.Config{NATS: "nats://" + proxy.ln.Addr().String()})
 	waitClustered(t, a)
 	b, _ := startNode(t, ns, server.Config{})
@@ -1116,7 +1139,7 @@ func TestClusterAcksLost(t *testing.T) {
 	alice.nextIs("System", "alice joined the chat")
 	bob.nextIs("System", "alice joined the chat")
 
-	proxy.muted.Store(true)
+	proxy.drop.Store(true)
 	for i := range 5 {
 		alice.send(fmt.Sprintf(`{"content":"m%04d"}`, i))
 	}
@@ -1124,14 +1147,14 @@ func TestClusterAcksLost(t *testing.T) {
 	for i := range 5 {
 		alice.nextIs("alice", fmt.Sprintf("m%04d", i)) // A delivers them itself once it gives up on the acks
 	}
-	eventually(t, clusterWait, "A notices NATS does not answer", func() bool {
-		return metric(t, a.base, "gochat_cluster_connected") == 0
+	eventually(t, clusterWait, "A sent them again (its ack wait ran out)", func() bool {
+		return proxy.dropped.Load() >= 10
 	})
-	proxy.muted.Store(false)
-	waitClustered(t, a)
+	proxy.drop.Store(false)
 	eventually(t, clusterWait, "A's outbox empty", func() bool {
 		return metric(t, a.base, "gochat_cluster_outbox_messages") == 0
 	})
+	waitClustered(t, a)
 	bob.send(`{"content":"end"}`)
 	bob.nextIs("bob", "end") // no second copy of any of alice's
 	alice.nextIs("bob", "end")
@@ -1241,4 +1264,34 @@ func readyz(t testing.TB, base string) string {
 		t.Fatalf("/readyz: %s %s", resp.Status, b)
 	}
 	return string(b)
+}
+
+// NATS restarted without its store (no persistence): the nodes make the
+// stream and the buckets again, claim their members' names again, and the
+// cluster works as before.
+func TestClusterNATSLosesItsStore(t *testing.T) {
+	checkLeaks(t)
+	ns := startNATS(t, -1)
+	port := ns.Addr().(*net.TCPAddr).Port
+	a, _ := startNode(t, ns, server.Config{})
+	b, _ := startNode(t, ns, server.Config{})
+	alice := dialV2(t, a.url, "alice")
+	alice.nextIs("System", "alice joined the chat")
+
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	startNATS(t, port) // a fresh store
+	waitClustered(t, a)
+	waitClustered(t, b)
+	eventually(t, clusterWait, "alice's name claimed again", func() bool {
+		k := dialV2(t, b.url, "alice")
+		defer k.close()
+		m := k.next()
+		return m.Content == "Error: Username is already taken"
+	})
+	bob := dialV2(t, b.url, "bob")
+	bob.waitFor("System", "bob joined the chat")
+	alice.waitFor("System", "bob joined the chat")
+	alice.send(`{"content":"still one chat"}`)
+	bob.waitFor("alice", "still one chat")
 }

@@ -246,8 +246,10 @@ func (c *Relay) presence() {
 			if w := c.watchMembers(); w != nil {
 				updates = w.Updates()
 			}
-			beating = true
-			go c.beats()
+			if !beating {
+				beating = true
+				go c.beats()
+			}
 		}
 		c.deleteReleased()
 		if ro.takeReassert() {
@@ -359,6 +361,13 @@ func (c *Relay) beat() {
 	ctx, cancel := context.WithTimeout(context.Background(), apiTimeout)
 	defer cancel()
 	if _, err := ro.nodes.load().Put(ctx, c.node, []byte(time.Now().UTC().Format(time.RFC3339))); err != nil {
+		if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			// NATS came back without its store (no persistence): the
+			// buckets are made again, and the names claimed again.
+			ro.members.store(nil)
+			ro.setLive(false)
+			ro.poke()
+		}
 		return // a slow put is retried; a disconnection sets live false
 	}
 	ro.mu.Lock()
