@@ -27,8 +27,16 @@
 // outbox refuses the message and the sender is told. Pings every second
 // notice a hung server within a few seconds.
 //
-// Goroutines: the publisher, the receiver, and the NATS client's own; none
-// grows with connections or rooms (room subscriptions share one channel).
+// Who is in which room lives in two key-value buckets (members.go): names
+// are unique per room across the cluster, and a node that stops or dies
+// has its members leave everywhere.
+//
+// Goroutines: the publisher (outbox.go), the receiver (receive.go), the
+// roster's presence and heartbeat goroutines (members.go), the members
+// watcher, and the NATS client's own; none grows with connections or rooms
+// (room subscriptions share one channel). Lock order: Relay locks are
+// leaves, except outbox.mu, which Publish and degrade hold while taking
+// outbox.deliverMu; the hub is called with deliverMu held at most.
 package natsrelay
 
 import (
