@@ -338,11 +338,11 @@ func (tb *e2eTab) noConsoleErrors(t *testing.T) {
 // closes every connection it carries and refuses new ones (accepted, then
 // closed at once) until cut(false).
 type tcpProxy struct {
-	t      *testing.T
-	ln     net.Listener
-	target string
+	t  *testing.T
+	ln net.Listener
 
 	mu      sync.Mutex
+	target  string
 	conns   map[net.Conn]struct{}
 	down    bool
 	nRefuse int
@@ -393,7 +393,10 @@ func (p *tcpProxy) serve() {
 
 func (p *tcpProxy) forward(c net.Conn) {
 	defer p.wg.Done()
-	s, err := net.DialTimeout("tcp", p.target, 5*time.Second)
+	p.mu.Lock()
+	target := p.target
+	p.mu.Unlock()
+	s, err := net.DialTimeout("tcp", target, 5*time.Second)
 	if err != nil {
 		c.Close()
 		return
@@ -468,6 +471,13 @@ func (p *tcpProxy) cut(down bool) {
 	}
 }
 
+// retarget sends new connections to target from now on.
+func (p *tcpProxy) retarget(target string) {
+	p.mu.Lock()
+	p.target = target
+	p.mu.Unlock()
+}
+
 // refused is how many connections were refused while cut.
 func (p *tcpProxy) refused() int {
 	p.mu.Lock()
@@ -480,4 +490,79 @@ func (p *tcpProxy) upgrades() []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return append([]string(nil), p.lines...)
+}
+
+// A page in a cluster whose node stops (a rolling deploy): the page, behind
+// a proxy that now sends it to another node, reconnects there with since
+// and shows every message exactly once, in order: history and resume come
+// from the cluster, with the same ids on every node.
+func TestE2EClusterPageMovesToAnotherNode(t *testing.T) {
+	needChromium(t)
+	ns := startNATS(t, -1)
+	args := []string{"-nats", ns.ClientURL(), "-rate", "100", "-burst", "100"}
+	a := startGochat(t, gochatOpts{args: args})
+	b := startGochat(t, gochatOpts{args: args})
+	for _, p := range []*gochatProc{a, b} {
+		eventually(t, e2eWait, "the node joined the cluster", func() bool {
+			return p.metric("gochat_cluster_connected") == 1 && p.metric("gochat_cluster_degraded") == 0
+		})
+	}
+	proxy := startProxy(t, a.addr)
+	browser := newBrowser(t)
+	page := openTabAt(t, browser, "page", "http://"+proxy.addr()+"/#r", false)
+	page.do(t, chromedp.SendKeys(chromedp.ID("username"), "pat"+kb.Enter))
+	page.waitJoined(t, "pat")
+
+	sender := joinChat(t, "ws://"+b.addr+"/ws?room=r", "sam") // on the other node
+	page.waitFor(t, "the page sees sam join from the other node", hasMessageJS("System", "sam joined the chat", "system"))
+
+	const total, stopAt = 60, 20
+	var sent atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 1; i <= total; i++ {
+			sender.send(fmt.Sprintf(`{"content":"num %d"}`, i))
+			sent.Store(int64(i))
+			time.Sleep(40 * time.Millisecond)
+		}
+	}()
+	page.waitFor(t, fmt.Sprintf("the page shows num %d", stopAt), hasMessageJS("sam", fmt.Sprintf("num %d", stopAt), "chat"))
+	before := len(proxy.upgrades())
+	proxy.retarget(b.addr)
+	if status := a.stop(t, syscall.SIGTERM); status != "exit status 0" && status != "exited 0" {
+		t.Logf("node A: %s", status)
+	}
+	<-done
+	sender.send(`{"content":"end"}`)
+	page.waitFor(t, "the page shows the last message", hasMessageJS("sam", "end", "chat"))
+
+	var want, got []string
+	for i := 1; i <= total; i++ {
+		want = append(want, fmt.Sprintf("num %d", i))
+	}
+	for _, m := range page.messages(t) {
+		if m.User == "sam" && strings.HasPrefix(m.Content, "num ") {
+			got = append(got, m.Content)
+		}
+		if strings.Contains(m.Class, "gap") {
+			t.Errorf("a gap note although the cluster's history reached back: %+v", m)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("the page shows %d numbered messages, want each of %d exactly once in order:\n got %q", len(got), total, got)
+	}
+	ups := proxy.upgrades()
+	t.Logf("upgrades through the proxy: %q", ups)
+	if len(ups) <= before {
+		t.Fatalf("the page never reconnected")
+	}
+	for _, u := range ups[before:] {
+		if !strings.Contains(u, "since=") {
+			t.Errorf("a reconnect without since: %q", u)
+		}
+	}
+	page.do(t, chromedp.SendKeys(chromedp.ID("message"), "pat on B"+kb.Enter))
+	sender.waitFor(chatMsg{"pat", "pat on B"})
+	page.noConsoleErrors(t)
 }
