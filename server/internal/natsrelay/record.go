@@ -57,19 +57,19 @@ func parseRecord(b []byte, m *chat.Message, maxContent int) (n uint64, err error
 	}
 	*m = chat.Message{Kind: chat.Kind(b[1])}
 	b = b[2:]
-	n, k := binary.Uvarint(b)
+	n, k := uvarint(b)
 	if k <= 0 || n == 0 {
 		return 0, errBadRecord
 	}
 	b = b[k:]
-	count, k := binary.Uvarint(b)
+	count, k := uvarint(b)
 	if k <= 0 || count == 0 || count > maxCount {
 		return 0, errBadRecord
 	}
 	m.Count, b = int(count), b[k:]
 	var fields [3][]byte
 	for i := range fields {
-		l, k := binary.Uvarint(b)
+		l, k := uvarint(b)
 		if k <= 0 || l > uint64(len(b)-k) {
 			return 0, errBadRecord
 		}
@@ -99,6 +99,17 @@ func parseRecord(b []byte, m *chat.Message, maxContent int) (n uint64, err error
 		return 0, errBadRecord
 	}
 	return n, nil
+}
+
+// uvarint reads a uvarint written the one way appendRecord writes it
+// (minimal length); k <= 0 for anything else, so that a record has a
+// single encoding.
+func uvarint(b []byte) (v uint64, k int) {
+	v, k = binary.Uvarint(b)
+	if k > 0 && k != len(binary.AppendUvarint(nil, v)) {
+		return 0, 0
+	}
+	return v, k
 }
 
 // validName reports whether b is a username a node would have accepted,

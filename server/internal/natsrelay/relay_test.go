@@ -72,6 +72,10 @@ func TestRecordValidation(t *testing.T) {
 	if _, err := parseRecord(old, &got, 2000); err == nil {
 		t.Error("other version accepted")
 	}
+	// A length written in more bytes than needed (0xac 0x00 is 44).
+	if _, err := parseRecord([]byte{3, 3, 0xac, 0x00, 0x30, 1, 0x30, 1, 0x30, 0}, &got, 2000); err == nil {
+		t.Error("non-minimal uvarint accepted")
+	}
 	if _, err := parseRecord(append(good[:2:2], make([]byte, maxRecord)...), &got, 1<<20); err == nil {
 		t.Error("oversized record accepted")
 	}
