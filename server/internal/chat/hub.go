@@ -122,12 +122,16 @@ func (h *Hub) Acquire(name []byte) (*Room, error) {
 	loaded := r.loaded
 	h.mu.Unlock()
 	if loaded != nil {
-		t := time.NewTimer(watchWait)
 		select {
-		case <-loaded:
-		case <-t.C:
+		case <-loaded: // the usual case once the room's first member is in: no timer
+		default:
+			t := time.NewTimer(watchWait)
+			select {
+			case <-loaded:
+			case <-t.C:
+			}
+			t.Stop()
 		}
-		t.Stop()
 	}
 	return r, nil
 }

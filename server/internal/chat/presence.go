@@ -17,6 +17,22 @@ const (
 
 var noticeText = [...]string{joined: " joined the chat", left: " left the chat"}
 
+// message is the relay's Kind of a notice.
+func (k noticeKind) message() Kind {
+	if k == left {
+		return KindLeft
+	}
+	return KindJoined
+}
+
+// noticeOf is the notice of a presence Message.
+func noticeOf(k Kind) noticeKind {
+	if k == KindLeft {
+		return left
+	}
+	return joined
+}
+
 // summary is the joins or leaves of one kind waiting for the next round in
 // a large chat: the first two names and how many there are in all.
 type summary struct {

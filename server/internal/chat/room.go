@@ -75,18 +75,13 @@ func (r *Room) Publish(name string, content []byte) error {
 // like local ones are.
 func (r *Room) deliver(id uint64, ts int64, m *Message) error {
 	if m.Kind != KindChat {
-		cfg := &r.hub.cfg
 		members := r.Members()
-		if !cfg.Presence || r.hub.draining.Load() || cfg.PresenceMax > 0 && members > cfg.PresenceMax {
-			return nil // no notices here (while draining: every member is about to get 1001)
+		if r.noNotices(members) {
+			return nil
 		}
-		if members > cfg.PresenceSummary {
-			kind := joined
-			if m.Kind == KindLeft {
-				kind = left
-			}
+		if members > r.hub.cfg.PresenceSummary {
 			names := [2]string{m.Name, m.Name2}
-			r.rounds.pendNotice(kind, m.Count, names[:min(m.Count, 2)]...)
+			r.rounds.pendNotice(noticeOf(m.Kind), m.Count, names[:min(m.Count, 2)]...)
 			return nil
 		}
 	}
@@ -99,11 +94,7 @@ func (r *Room) words(m *Message) (name, content string) {
 	switch m.Kind {
 	case KindJoined, KindLeft:
 		sm := summary{names: [2]string{m.Name, m.Name2}, n: m.Count}
-		kind := joined
-		if m.Kind == KindLeft {
-			kind = left
-		}
-		return chatmsg.SystemName, summaryText(&sm, kind)
+		return chatmsg.SystemName, summaryText(&sm, noticeOf(m.Kind))
 	}
 	return m.Name, unsafeString(m.Content)
 }
@@ -188,18 +179,12 @@ func (r *Room) leave(s *Session) {
 // PresenceMax, and none while draining.
 func (r *Room) notice(name string, kind noticeKind) {
 	cfg := &r.hub.cfg
-	if !cfg.Presence || r.hub.draining.Load() {
-		return
-	}
 	members := r.Members()
-	if cfg.PresenceMax > 0 && members > cfg.PresenceMax {
+	if r.noNotices(members) {
 		return
 	}
 	if relay := r.hub.relay; relay != nil {
-		m := Message{Kind: KindJoined, Count: 1, Name: name}
-		if kind == left {
-			m.Kind = KindLeft
-		}
+		m := Message{Kind: kind.message(), Count: 1, Name: name}
 		if relay.Publish(r.name, &m) != nil {
 			r.rounds.pendNotice(kind, 1, name) // the others will not hear of it: at least the members here do
 		}
@@ -213,6 +198,14 @@ func (r *Room) notice(name string, kind noticeKind) {
 		}
 	}
 	r.rounds.pendNotice(kind, 1, name)
+}
+
+// noNotices reports whether the room, with members in it, sends no join
+// or leave notices now: presence off, above -presence-max, or draining
+// (every member here is about to get 1001 instead).
+func (r *Room) noNotices(members int) bool {
+	cfg := &r.hub.cfg
+	return !cfg.Presence || r.hub.draining.Load() || cfg.PresenceMax > 0 && members > cfg.PresenceMax
 }
 
 // unsafeString views b as a string for the length of a call that only

@@ -163,12 +163,6 @@ func startNode(t testing.TB, ns *natsserver.Server, cfg server.Config) (*node, s
 	return nil, ""
 }
 
-// labeled reads one labeled series, e.g. `gochat_cluster_dropped_total{reason="invalid"}`.
-func labeled(t testing.TB, base, series string) float64 {
-	t.Helper()
-	return metric(t, base, series)
-}
-
 // v2Msg is a gochat.v2 frame.
 type v2Msg struct {
 	Username string `json:"username"`
@@ -179,72 +173,21 @@ type v2Msg struct {
 	Gap      bool   `json:"gap"`
 }
 
-// v2Client speaks gochat.v2 on coder/websocket; its reader always runs.
-type v2Client struct {
-	t    testing.TB
-	name string
-	c    *websocket.Conn
-	msgs chan v2Msg
-	done chan struct{}
-}
+// v2Client speaks gochat.v2.
+type v2Client struct{ wsClient[v2Msg] }
 
 // dialV2 connects to url (with its query) offering gochat.v2, and joins as
 // name unless name is empty.
 func dialV2(t testing.TB, url, name string) *v2Client {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, _, err := websocket.Dial(ctx, url, &websocket.DialOptions{Subprotocols: []string{"gochat.v2"}})
-	if err != nil {
-		t.Fatalf("dial %s: %v", url, err)
-	}
-	c.SetReadLimit(1 << 20)
-	k := &v2Client{t: t, name: name, c: c, msgs: make(chan v2Msg, 1<<16), done: make(chan struct{})}
-	go func() {
-		defer close(k.done)
-		defer close(k.msgs)
-		for {
-			_, b, err := c.Read(context.Background())
-			if err != nil {
-				return
-			}
-			var m v2Msg
-			if err := json.Unmarshal(b, &m); err != nil {
-				m = v2Msg{Username: "(bad server JSON)", Content: string(b)}
-			}
-			k.msgs <- m
-		}
-	}()
-	t.Cleanup(func() { c.CloseNow(); <-k.done })
+	k := &v2Client{}
+	k.name = name
+	k.dial(t, url, &websocket.DialOptions{Subprotocols: []string{"gochat.v2"}},
+		func(b []byte) v2Msg { return v2Msg{Username: "(bad server JSON)", Content: string(b)} })
 	if name != "" {
 		k.send(fmt.Sprintf(`{"username":%q}`, name))
 	}
 	return k
-}
-
-func (k *v2Client) send(s string) {
-	k.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := k.c.Write(ctx, websocket.MessageText, []byte(s)); err != nil {
-		k.t.Fatalf("%s: write: %v", k.name, err)
-	}
-}
-
-func (k *v2Client) next() v2Msg {
-	k.t.Helper()
-	timer := time.NewTimer(chatWait)
-	defer timer.Stop()
-	select {
-	case m, ok := <-k.msgs:
-		if !ok {
-			k.t.Fatalf("%s: connection ended while waiting for a message", k.name)
-		}
-		return m
-	case <-timer.C:
-		k.t.Fatalf("%s: no message within %v", k.name, chatWait)
-		return v2Msg{}
-	}
 }
 
 // waitFor reads until a message from user with content arrives and returns it.
@@ -499,7 +442,7 @@ func TestClusterExactlyOnceInOrder(t *testing.T) {
 	}
 }
 
-// trafficCheck reads what a receiver got of one sender's numbered
+// expectSeries reads what a receiver got of one sender's numbered
 // messages m0000, m0001, ...: exactly once each, in order.
 func expectSeries(t testing.TB, k *v2Client, from string, n int) {
 	t.Helper()
@@ -674,7 +617,7 @@ func TestClusterBusInputValidated(t *testing.T) {
 	}
 	alice.nextIs("bob", "a fine record")
 	eventually(t, clusterWait, "bad records counted", func() bool {
-		return labeled(t, s.base, `gochat_cluster_dropped_total{reason="invalid"}`) == float64(len(bad)+1)
+		return metric(t, s.base, `gochat_cluster_dropped_total{reason="invalid"}`) == float64(len(bad)+1)
 	})
 	alice.send(`{"content":"marker"}`)
 	alice.nextIs("alice", "marker")
@@ -711,7 +654,7 @@ func TestClusterFloodFromTheBus(t *testing.T) {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	flooded := func() float64 { return labeled(t, s.base, `gochat_cluster_dropped_total{reason="flood"}`) }
+	flooded := func() float64 { return metric(t, s.base, `gochat_cluster_dropped_total{reason="flood"}`) }
 	overflow := func() float64 { return metric(t, s.base, "gochat_cluster_overflow_total") }
 	// What arrives faster than the ingress bound is dropped; what arrives
 	// faster than the node reads its subscription overflows it; both are
@@ -934,40 +877,56 @@ func getJSON(t testing.TB, url string, v any) {
 	}
 }
 
-// A node stopped with SIGTERM: its members leave on every other node at
-// once, with one leave notice each, and their names are free.
-func TestClusterNodeStopped(t *testing.T) {
-	checkLeaks(t)
+// departureRig is a cluster of three nodes: B and C in-process, with bob
+// and carol, and A a real process, with alice and dave, whose joins every
+// member has seen.
+func departureRig(t *testing.T) (a *gochatProc, b, c *node, bob, carol *v2Client) {
+	t.Helper()
 	ns := startNATS(t, -1)
-	b, _ := startNode(t, ns, server.Config{})
-	c, _ := startNode(t, ns, server.Config{})
-	a := startGochat(t, gochatOpts{args: []string{"-nats", ns.ClientURL(), "-log-level", "warn"}})
-	aURL := "ws://" + a.addr + "/ws"
+	b, _ = startNode(t, ns, server.Config{})
+	c, _ = startNode(t, ns, server.Config{})
+	a = startGochat(t, gochatOpts{args: []string{"-nats", ns.ClientURL(), "-log-level", "warn"}})
 	eventually(t, clusterWait, "the process joined the cluster", func() bool {
 		return a.metric("gochat_cluster_connected") == 1 && a.metric("gochat_cluster_degraded") == 0
 	})
-	bob := dialV2(t, b.url, "bob")
+	bob = dialV2(t, b.url, "bob")
 	bob.nextIs("System", "bob joined the chat")
-	carol := dialV2(t, c.url, "carol")
+	carol = dialV2(t, c.url, "carol")
 	carol.nextIs("System", "carol joined the chat")
 	bob.nextIs("System", "carol joined the chat")
 	for _, name := range []string{"alice", "dave"} {
-		k := dialV2(t, aURL, name)
+		k := dialV2(t, "ws://"+a.addr+"/ws", name)
 		k.nextIs("System", name+" joined the chat")
 		bob.nextIs("System", name+" joined the chat")
 		carol.nextIs("System", name+" joined the chat")
 	}
+	return a, b, c, bob, carol
+}
+
+// expectLeavesOnce requires the next messages of k to be one leave notice
+// for each of names, in any order.
+func expectLeavesOnce(t *testing.T, k *v2Client, names ...string) {
+	t.Helper()
+	got := map[string]int{}
+	for range names {
+		got[k.next().Content]++
+	}
+	for _, name := range names {
+		if got[name+" left the chat"] != 1 {
+			t.Fatalf("%s: %v, want each leave once", k.name, got)
+		}
+	}
+}
+
+// A node stopped with SIGTERM: its members leave on every other node at
+// once, with one leave notice each, and their names are free.
+func TestClusterNodeStopped(t *testing.T) {
+	checkLeaks(t)
+	a, b, c, bob, carol := departureRig(t)
 	stoppedAt := time.Now()
 	a.signal(syscall.SIGTERM)
 	for _, k := range []*v2Client{bob, carol} {
-		got := map[string]int{}
-		for len(got) < 2 {
-			m := k.next()
-			got[m.Content]++
-		}
-		if got["alice left the chat"] != 1 || got["dave left the chat"] != 1 {
-			t.Fatalf("%s: %v, want each leave once", k.name, got)
-		}
+		expectLeavesOnce(t, k, "alice", "dave")
 	}
 	took := time.Since(stoppedAt)
 	t.Logf("leaves everywhere %v after SIGTERM", took)
@@ -994,37 +953,12 @@ func TestClusterNodeStopped(t *testing.T) {
 // each though every survivor noticed, and their names are free.
 func TestClusterNodeKilled(t *testing.T) {
 	checkLeaks(t)
-	ns := startNATS(t, -1)
-	b, _ := startNode(t, ns, server.Config{})
-	c, _ := startNode(t, ns, server.Config{})
-	a := startGochat(t, gochatOpts{args: []string{"-nats", ns.ClientURL(), "-log-level", "warn"}})
-	aURL := "ws://" + a.addr + "/ws"
-	eventually(t, clusterWait, "the process joined the cluster", func() bool {
-		return a.metric("gochat_cluster_connected") == 1 && a.metric("gochat_cluster_degraded") == 0
-	})
-	bob := dialV2(t, b.url, "bob")
-	bob.nextIs("System", "bob joined the chat")
-	carol := dialV2(t, c.url, "carol")
-	carol.nextIs("System", "carol joined the chat")
-	bob.nextIs("System", "carol joined the chat")
-	for _, name := range []string{"alice", "dave"} {
-		k := dialV2(t, aURL, name)
-		k.nextIs("System", name+" joined the chat")
-		bob.nextIs("System", name+" joined the chat")
-		carol.nextIs("System", name+" joined the chat")
-	}
+	a, b, c, bob, carol := departureRig(t)
 	expectBadJoin(t, b.url, "alice")
 	killedAt := time.Now()
 	a.kill()
 	for _, k := range []*v2Client{bob, carol} {
-		got := map[string]int{}
-		for len(got) < 2 {
-			m := k.next()
-			got[m.Content]++
-		}
-		if got["alice left the chat"] != 1 || got["dave left the chat"] != 1 {
-			t.Fatalf("%s: %v, want each leave once", k.name, got)
-		}
+		expectLeavesOnce(t, k, "alice", "dave")
 	}
 	took := time.Since(killedAt)
 	t.Logf("leaves everywhere %v after SIGKILL", took)

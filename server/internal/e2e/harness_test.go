@@ -584,31 +584,33 @@ type chatMsg struct {
 // chatWait bounds any one wait for a chat message: a hang bound only.
 const chatWait = 20 * time.Second
 
-// chatClient is a chat client on github.com/coder/websocket, an independent
-// implementation of RFC 6455. Its reader always runs, so it never stalls the
-// server however the test reads; every message is kept in its history.
-type chatClient struct {
+// wsClient is a client on github.com/coder/websocket, an independent
+// implementation of RFC 6455, that decodes each server message into a T
+// (chatMsg: the seed's two keys; v2Msg: gochat.v2). Its reader always runs,
+// so it never stalls the server however the test reads; every message is
+// kept in its history.
+type wsClient[T any] struct {
 	t    testing.TB
 	name string
 	c    *websocket.Conn
-	msgs chan chatMsg
+	msgs chan T
 	done chan struct{}
 	mu   sync.Mutex
-	hist []chatMsg
-	n    int // markers sent
+	hist []T
 }
 
-// dialChat connects to a ws:// URL without joining.
-func dialChat(t testing.TB, url string) *chatClient {
+// dial connects k to a ws:// URL (opts may be nil) and starts its reader;
+// bad makes the T of a message that is not JSON.
+func (k *wsClient[T]) dial(t testing.TB, url string, opts *websocket.DialOptions, bad func(b []byte) T) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, _, err := websocket.Dial(ctx, url, nil)
+	c, _, err := websocket.Dial(ctx, url, opts)
 	if err != nil {
 		t.Fatalf("dial %s: %v", url, err)
 	}
 	c.SetReadLimit(1 << 20)
-	k := &chatClient{t: t, c: c, msgs: make(chan chatMsg, 1<<16), done: make(chan struct{})}
+	k.t, k.c, k.msgs, k.done = t, c, make(chan T, 1<<16), make(chan struct{})
 	go func() {
 		defer close(k.done)
 		defer close(k.msgs)
@@ -617,9 +619,9 @@ func dialChat(t testing.TB, url string) *chatClient {
 			if err != nil {
 				return
 			}
-			var m chatMsg
+			var m T
 			if err := json.Unmarshal(b, &m); err != nil {
-				m = chatMsg{"(bad server JSON)", string(b)}
+				m = bad(b)
 			}
 			k.mu.Lock()
 			k.hist = append(k.hist, m)
@@ -628,20 +630,9 @@ func dialChat(t testing.TB, url string) *chatClient {
 		}
 	}()
 	t.Cleanup(func() { c.CloseNow(); <-k.done })
-	return k
 }
 
-// joinChat dials url, joins as name and waits for its own join notice.
-func joinChat(t testing.TB, url, name string) *chatClient {
-	t.Helper()
-	k := dialChat(t, url)
-	k.name = name
-	k.send(fmt.Sprintf(`{"username":%q}`, name))
-	k.waitFor(chatMsg{"System", name + " joined the chat"})
-	return k
-}
-
-func (k *chatClient) send(s string) {
+func (k *wsClient[T]) send(s string) {
 	k.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -651,7 +642,7 @@ func (k *chatClient) send(s string) {
 }
 
 // next returns the next message.
-func (k *chatClient) next() chatMsg {
+func (k *wsClient[T]) next() T {
 	k.t.Helper()
 	timer := time.NewTimer(chatWait)
 	defer timer.Stop()
@@ -663,8 +654,40 @@ func (k *chatClient) next() chatMsg {
 		return m
 	case <-timer.C:
 		k.t.Fatalf("%s: no message within %v", k.name, chatWait)
-		return chatMsg{}
 	}
+	var zero T
+	return zero
+}
+
+// history is every message received so far.
+func (k *wsClient[T]) history() []T {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return append([]T(nil), k.hist...)
+}
+
+// chatClient speaks the seed protocol.
+type chatClient struct {
+	wsClient[chatMsg]
+	n int // markers sent
+}
+
+// dialChat connects to a ws:// URL without joining.
+func dialChat(t testing.TB, url string) *chatClient {
+	t.Helper()
+	k := &chatClient{}
+	k.dial(t, url, nil, func(b []byte) chatMsg { return chatMsg{"(bad server JSON)", string(b)} })
+	return k
+}
+
+// joinChat dials url, joins as name and waits for its own join notice.
+func joinChat(t testing.TB, url, name string) *chatClient {
+	t.Helper()
+	k := dialChat(t, url)
+	k.name = name
+	k.send(fmt.Sprintf(`{"username":%q}`, name))
+	k.waitFor(chatMsg{"System", name + " joined the chat"})
+	return k
 }
 
 // nextIs requires the next message to be want: nothing (no duplicate, no
@@ -704,11 +727,4 @@ func (k *chatClient) marker() {
 	content := fmt.Sprintf("marker %d", k.n)
 	k.send(fmt.Sprintf(`{"content":%q}`, content))
 	k.waitFor(chatMsg{k.name, content})
-}
-
-// history is every message received so far.
-func (k *chatClient) history() []chatMsg {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return append([]chatMsg(nil), k.hist...)
 }

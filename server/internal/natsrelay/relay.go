@@ -107,16 +107,9 @@ type Relay struct {
 	beatDone chan struct{} // closed when the heartbeat goroutine returns (or never started)
 	closed   chan struct{} // closed by the NATS ClosedHandler
 	started  atomic.Bool
-	// lastConnErr is the last reason a connection attempt failed, logged
-	// when it changes.
-	lastConnErr atomicString
-}
-
-type atomicString struct{ v atomic.Value }
-
-func (a *atomicString) Swap(s string) string {
-	old, _ := a.v.Swap(s).(string)
-	return old
+	// lastConnErr is the last reason a connection attempt failed (a
+	// string), logged when it changes.
+	lastConnErr atomic.Value
 }
 
 const (
@@ -206,7 +199,7 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) (*Relay, error
 		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
 			// Why NATS refuses (authorization, TLS) once per distinct
 			// reason, not at every retry. nats.go errors carry no secret.
-			if msg := err.Error(); msg != c.lastConnErr.Swap(msg) {
+			if msg := err.Error(); c.lastConnErr.Swap(msg) != msg {
 				log.Warn("nats connection failing; retrying", "err", err)
 			}
 		}),
