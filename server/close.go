@@ -1,6 +1,8 @@
 package server
 
 import (
+	"context"
+	"log/slog"
 	"syscall"
 	"time"
 
@@ -50,7 +52,7 @@ func (c *Conn) startClose(cause *wsframe.CloseCause) {
 		return
 	}
 	c.srv.metrics.closed(cause)
-	c.srv.log.Debug("close", "fd", c.fd, "code", int(cause.Code))
+	c.srv.log.LogAttrs(context.Background(), slog.LevelDebug, "close", slog.Int("fd", int(c.fd)), slog.Int("code", int(cause.Code)))
 	c.sess.Leave()
 	c.dropPartial()
 	c.deadline.Store(time.Now().Add(c.srv.cfg.CloseLinger).UnixNano())
@@ -62,7 +64,7 @@ func (c *Conn) startClose(cause *wsframe.CloseCause) {
 	if len(c.out) == 0 && !c.fdClosed {
 		// Everything is out: half-close so a client waiting for the server
 		// to end the TCP connection (RFC 6455 7.1.1) sees it.
-		_ = syscall.Shutdown(c.fd, syscall.SHUT_WR)
+		_ = syscall.Shutdown(int(c.fd), syscall.SHUT_WR)
 	}
 	c.wmu.Unlock()
 }
@@ -89,14 +91,14 @@ func (c *Conn) teardown() {
 	s := c.srv
 	if c.upgraded && c.getPhase() != phaseClosing {
 		s.metrics.closed(causeDrop) // dropped without a close frame
-		s.log.Debug("dropped", "fd", c.fd)
+		s.log.LogAttrs(context.Background(), slog.LevelDebug, "dropped", slog.Int("fd", int(c.fd)))
 	}
 	c.sess.Leave()
-	_ = s.ep.Del(c.fd)
+	_ = s.ep.Del(int(c.fd))
 	c.wmu.Lock()
 	if !c.fdClosed {
 		c.fdClosed = true
-		_ = syscall.Close(c.fd)
+		_ = syscall.Close(int(c.fd))
 	}
 	c.dropOutLocked(len(c.out))
 	c.wmu.Unlock()

@@ -15,8 +15,8 @@ type connSet struct {
 // new one takes it.
 func (cs *connSet) add(c *Conn) {
 	cs.mu.Lock()
-	if c.fd >= len(cs.byFD) {
-		cs.byFD = append(cs.byFD, make([]*Conn, c.fd+1-len(cs.byFD)+len(cs.byFD)/2)...)
+	if int(c.fd) >= len(cs.byFD) {
+		cs.byFD = append(cs.byFD, make([]*Conn, int(c.fd)+1-len(cs.byFD)+len(cs.byFD)/2)...)
 	}
 	cs.byFD[c.fd] = c
 	cs.mu.Unlock()
@@ -25,7 +25,7 @@ func (cs *connSet) add(c *Conn) {
 // remove forgets c, unless its fd's slot already belongs to a newer one.
 func (cs *connSet) remove(c *Conn) {
 	cs.mu.Lock()
-	if c.fd < len(cs.byFD) && cs.byFD[c.fd] == c {
+	if int(c.fd) < len(cs.byFD) && cs.byFD[c.fd] == c {
 		cs.byFD[c.fd] = nil
 	}
 	cs.mu.Unlock()

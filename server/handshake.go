@@ -2,6 +2,8 @@ package server
 
 import (
 	"bytes"
+	"context"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -41,7 +43,7 @@ func (s *Server) handshake(c *Conn, head, rest []byte) bool {
 	s.metrics.upgrades.Inc()
 	c.deadline.Store(time.Now().Add(s.cfg.JoinTimeout).UnixNano())
 	c.phase.Store(uint32(phaseJoining))
-	s.log.Debug("upgrade", "fd", c.fd)
+	s.log.LogAttrs(context.Background(), slog.LevelDebug, "upgrade", slog.Int("fd", int(c.fd))) // no boxing of fd per connection while debug is off
 	return true
 }
 
@@ -252,7 +254,7 @@ func (s *Server) handoff(c *Conn, head, rest []byte) {
 	buffered := make([]byte, 0, len(head)+len(rest))
 	buffered = append(append(buffered, head...), rest...)
 	c.dropPartial() // head and rest may live there: copied above
-	_ = s.ep.Del(c.fd)
+	_ = s.ep.Del(int(c.fd))
 	c.torn = true
 	c.wmu.Lock()
 	c.fdClosed = true // the reactor no longer owns the fd

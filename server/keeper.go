@@ -98,7 +98,7 @@ func (k *keeper) sweep(now int64) {
 			c.requestClose(causeDrop)
 			return
 		}
-		if !c.pinged.Load() && now-c.lastRead.Load() >= pingAfter {
+		if !c.flag(flagPinged) && now-c.lastRead.Load() >= pingAfter {
 			c.sendPing() // silent for a ping interval: ask for a pong
 		}
 	})

@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/coder/websocket"
 )
@@ -285,9 +286,9 @@ func (r *rig) newSmallCtrl(name string) *ctrl {
 	port := nc.LocalAddr().(*net.TCPAddr).Port
 	found := false
 	r.s.conns.each(func(c *Conn) {
-		if sa, err := syscall.Getpeername(c.fd); err == nil {
+		if sa, err := syscall.Getpeername(int(c.fd)); err == nil {
 			if in, ok := sa.(*syscall.SockaddrInet4); ok && in.Port == port {
-				found = syscall.SetsockoptInt(c.fd, syscall.SOL_SOCKET, syscall.SO_SNDBUF, size) == nil
+				found = syscall.SetsockoptInt(int(c.fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, size) == nil
 			}
 		}
 	})
@@ -981,5 +982,11 @@ func TestQuietServerReleasesMemoryOnce(t *testing.T) {
 	time.Sleep(3 * quietRelease / 2) // still quiet: no second release
 	if got := counterValue(s.metrics.idleCollections); got != released {
 		t.Fatalf("released %v times in one quiet spell", got-before)
+	}
+}
+
+func TestConnFitsItsSizeClass(t *testing.T) {
+	if n := unsafe.Sizeof(Conn{}); n > connSizeClass {
+		t.Fatalf("Conn is %d bytes: over the %d-byte size class; reorder or shrink its fields", n, connSizeClass)
 	}
 }

@@ -449,3 +449,24 @@ func promCheckLatency(t *testing.T, s *promScrape) {
 		t.Errorf("%s: sum %v for %d samples on loopback", mLatency, h.GetSampleSum(), h.GetSampleCount())
 	}
 }
+
+// /metrics answers uncompressed even to a scraper that offers gzip (as
+// Prometheus does): the encoder would keep about 1 MB resident for an
+// answer of about 15 KB.
+func TestMetricsServedUncompressed(t *testing.T) {
+	s := startServer(t, Config{})
+	req, err := http.NewRequest(http.MethodGet, s.base+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept-Encoding", "gzip, zstd")
+	resp, err := (&http.Transport{DisableCompression: true}).RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if enc := resp.Header.Get("Content-Encoding"); enc != "" || !strings.Contains(string(body), "gochat_connections") {
+		t.Fatalf("Content-Encoding %q, body starts %q", enc, body[:min(len(body), 40)])
+	}
+}

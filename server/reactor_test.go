@@ -58,7 +58,7 @@ func TestSocketsStayNonBlockingAfterRearm(t *testing.T) {
 			return
 		}
 		if flags&unix.O_NONBLOCK == 0 {
-			t.Errorf("fd %d lost O_NONBLOCK after re-arming", conn.fd)
+			t.Errorf("fd %d lost O_NONBLOCK after re-arming", int(conn.fd))
 		}
 		checked++
 	})

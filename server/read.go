@@ -42,7 +42,7 @@ const smallRead = 512
 
 // readInput reads what the socket has, up to a budget, and consumes it.
 func (c *Conn) readInput() {
-	c.parked.Store(false)
+	c.setFlag(flagParked, false)
 	bp := readBufs.Get().(*[]byte)
 	defer readBufs.Put(bp)
 	c.takePartial() // given back at the end of the step (Conn.step)
@@ -73,13 +73,13 @@ func (c *Conn) readInput() {
 				c.part.in = grown
 			}
 			asked = cap(c.part.in) - len(c.part.in)
-			n, err = syscall.Read(c.fd, c.part.in[len(c.part.in):cap(c.part.in)])
+			n, err = syscall.Read(int(c.fd), c.part.in[len(c.part.in):cap(c.part.in)])
 			if n > 0 {
 				data = c.part.in[:len(c.part.in)+n]
 			}
 		} else {
 			asked = limit
-			n, err = syscall.Read(c.fd, buf[:limit])
+			n, err = syscall.Read(int(c.fd), buf[:limit])
 			if n > 0 {
 				data = buf[:n]
 			}
@@ -97,8 +97,8 @@ func (c *Conn) readInput() {
 		// found the socket readable, whichever is later: that is lastRead
 		// until now (see Session.OnMessage).
 		arrived := c.lastRead.Swap(time.Now().UnixNano())
-		if c.pinged.Load() {
-			c.pinged.Store(false)
+		if c.flag(flagPinged) {
+			c.setFlag(flagPinged, false)
 		}
 		used := c.consume(data, arrived)
 		if c.torn {
@@ -189,7 +189,7 @@ func (c *Conn) accountInbound() {
 
 // park stops reading the connection for parkFor.
 func (c *Conn) park() {
-	c.parked.Store(true)
+	c.setFlag(flagParked, true)
 	c.srv.metrics.inboundParks.Inc()
 	time.AfterFunc(parkFor, c.schedule)
 }

@@ -509,9 +509,9 @@ func (r *rig) shrinkServerSendBuffer(rc *rawConn) {
 	port := rc.nc.LocalAddr().(*net.TCPAddr).Port
 	found := false
 	r.s.conns.each(func(c *Conn) {
-		if sa, err := syscall.Getpeername(c.fd); err == nil {
+		if sa, err := syscall.Getpeername(int(c.fd)); err == nil {
 			if in, ok := sa.(*syscall.SockaddrInet4); ok && in.Port == port {
-				found = syscall.SetsockoptInt(c.fd, syscall.SOL_SOCKET, syscall.SO_SNDBUF, 4096) == nil
+				found = syscall.SetsockoptInt(int(c.fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 4096) == nil
 			}
 		}
 	})

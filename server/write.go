@@ -52,7 +52,7 @@ func (c *Conn) sendLocked(b []byte, limited bool) (ok bool, written int) {
 	idle := len(c.out) == 0
 	if idle {
 		for {
-			n, err := syscall.Write(c.fd, rest)
+			n, err := syscall.Write(int(c.fd), rest)
 			if n == len(rest) {
 				return true, n
 			}
@@ -92,7 +92,7 @@ func (c *Conn) writeControl(op ws.OpCode, payload []byte) {
 
 // sendPing queues a keepalive ping. Called by the keeper.
 func (c *Conn) sendPing() {
-	c.pinged.Store(true)
+	c.setFlag(flagPinged, true)
 	c.writeControl(ws.OpPing, nil)
 }
 
@@ -132,7 +132,7 @@ func (c *Conn) dropOutLocked(n int) {
 // Caller holds wmu.
 func (c *Conn) flushLocked() {
 	for len(c.out) > 0 && !c.fdClosed {
-		n, err := syscall.Write(c.fd, c.out)
+		n, err := syscall.Write(int(c.fd), c.out)
 		if n > 0 {
 			c.srv.metrics.bytesOut.Add(float64(n))
 			c.dropOutLocked(n)

@@ -1,6 +1,8 @@
 package chat
 
 import (
+	"context"
+	"log/slog"
 	"sync"
 	"unsafe"
 
@@ -19,10 +21,14 @@ type Room struct {
 	// namesMu protects names, and serializes joins and leaves: members
 	// changes only with it held (and membersMu, for the rounds' readers).
 	namesMu sync.Mutex
-	// names maps uniqueness keys to members once the room has had more
-	// than smallRoom of them; a smaller room scans members instead, and
-	// saves the map.
-	names map[string]*Session
+	// names maps the hashes of members' uniqueness keys to the members
+	// once the room has had more than smallRoom of them; a smaller room
+	// scans members instead, and saves the map. A hash, not the key: a
+	// key string per member would cost an object and a wider map slot.
+	// Two different keys share a hash with probability 2⁻⁶⁴ (the seed is
+	// random per process, so a client cannot aim for it); the second name
+	// is then refused as taken, never let in twice.
+	names map[uint64]*Session
 
 	membersMu sync.Mutex // Protects members, and Session.member of each of them.
 	members   []*Session
@@ -103,22 +109,22 @@ func (r *Room) words(m *Message) (name, content string) {
 // queues its replay (history or resume) to it in the same step, so that
 // what it replays and what it then receives live neither overlap nor
 // leave a hole. Called by s's task.
-func (r *Room) join(s *Session, name, key string) error {
+func (r *Room) join(s *Session, name string, key uint64) error {
 	r.namesMu.Lock()
 	defer r.namesMu.Unlock()
 	if r.takenLocked(key) {
 		return chatmsg.ErrUsernameTaken
 	}
 	if r.names == nil && len(r.members) >= smallRoom {
-		r.names = make(map[string]*Session, 2*smallRoom)
+		r.names = make(map[uint64]*Session, 2*smallRoom)
 		for _, m := range r.members {
-			r.names[m.key] = m
+			r.names[m.keyHash] = m
 		}
 	}
 	if r.names != nil {
 		r.names[key] = s
 	}
-	s.name, s.key, s.joined = name, key, true
+	s.name, s.keyHash, s.joined = name, key, true
 	r.rounds.attach(s)
 	r.hub.members.Add(1)
 	return nil
@@ -129,13 +135,13 @@ func (r *Room) join(s *Session, name, key string) error {
 const smallRoom = 32
 
 // takenLocked reports whether a member has key. Caller holds namesMu.
-func (r *Room) takenLocked(key string) bool {
+func (r *Room) takenLocked(key uint64) bool {
 	if r.names != nil {
 		_, taken := r.names[key]
 		return taken
 	}
 	for _, m := range r.members {
-		if m.key == key {
+		if m.keyHash == key {
 			return true
 		}
 	}
@@ -152,7 +158,7 @@ func (r *Room) leave(s *Session) {
 	s.joined = false
 	r.namesMu.Lock()
 	if r.names != nil {
-		delete(r.names, s.key)
+		delete(r.names, s.keyHash)
 	}
 	r.membersMu.Lock()
 	last := len(r.members) - 1
@@ -165,11 +171,11 @@ func (r *Room) leave(s *Session) {
 	r.membersMu.Unlock()
 	r.namesMu.Unlock()
 	if relay := r.hub.relay; relay != nil {
-		relay.Release(r.name, s.key)
+		relay.Release(r.name, chatmsg.NameKey(s.name))
 	}
 	r.hub.members.Add(-1)
 	r.hub.metrics.Leaves.Inc()
-	r.hub.log.Debug("leave", "conn", s.id)
+	r.hub.log.LogAttrs(context.Background(), slog.LevelDebug, "leave", slog.Int("conn", int(s.id)))
 	r.notice(s.name, left)
 }
 

@@ -2,6 +2,9 @@ package chat
 
 import (
 	"bytes"
+	"context"
+	"hash/maphash"
+	"log/slog"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -23,7 +26,7 @@ type Session struct {
 	room *Room // the room it is in, from Attach until Leave
 
 	name       string // display name once joined
-	key        string // uniqueness key (chatmsg.NameKey) once joined
+	keyHash    uint64 // hash of the uniqueness key (chatmsg.NameKey) once joined: see Room.names
 	since      uint64 // the id it resumes after, if resume
 	firstRound uint64 // its first live batch (rounds.attach)
 	tokensAt   int64  // unix nanos of the last refill of tokens
@@ -106,18 +109,20 @@ func (s *Session) OnMessage(p []byte, arrived int64) {
 // join handles the first message. A bad join gets an Error message, then 1008.
 func (s *Session) join(m chatmsg.Message, err error) {
 	h := s.room.hub
-	var name, key string
+	var name string
+	var kb [chatmsg.MaxNameKey]byte
 	if err == nil && !m.HasUsername {
 		err = chatmsg.ErrUsernameRequired
 	}
 	if err == nil {
-		name, key, err = chatmsg.CheckUsername(m.Username)
+		name, err = chatmsg.CheckUsername(m.Username)
 	}
+	key := chatmsg.AppendNameKey(kb[:0], name)
 	if err == nil && h.relay != nil {
-		err = h.relay.Claim(s.room.name, key, name)
+		err = h.relay.Claim(s.room.name, string(key), name)
 	}
 	if err == nil {
-		err = s.room.join(s, name, key)
+		err = s.room.join(s, name, keyHash(key))
 	}
 	if err != nil {
 		h.metrics.JoinRejects.Inc()
@@ -127,7 +132,7 @@ func (s *Session) join(m chatmsg.Message, err error) {
 	}
 	s.t.Joined()
 	h.metrics.Joins.Inc()
-	h.log.Debug("join", "conn", s.id)
+	h.log.LogAttrs(context.Background(), slog.LevelDebug, "join", slog.Int("conn", int(s.id)))
 	s.tokens, s.tokensAt = float32(h.cfg.Burst), time.Now().UnixNano()
 	if len(bytes.TrimSpace(m.Content)) > 0 {
 		if utf8.RuneCount(m.Content) > h.cfg.MaxContent {
@@ -222,3 +227,8 @@ var errorFrames = func() map[error][]byte {
 	}
 	return m
 }()
+
+// keySeed keeps the key hashes of Room.names unpredictable to clients.
+var keySeed = maphash.MakeSeed()
+
+func keyHash(key []byte) uint64 { return maphash.Bytes(keySeed, key) }

@@ -89,7 +89,7 @@ func TestCheckUsername(t *testing.T) {
 		{in: "Systems", name: "Systems"},
 	} {
 		t.Run(tc.in, func(t *testing.T) {
-			name, _, err := CheckUsername([]byte(tc.in))
+			name, err := CheckUsername([]byte(tc.in))
 			if !errors.Is(err, tc.err) || name != tc.name {
 				t.Fatalf("got (%q, %v), want (%q, %v)", name, err, tc.name, tc.err)
 			}
@@ -245,6 +245,35 @@ func TestNameKeyASCIIFastPath(t *testing.T) {
 	}
 }
 
+func TestReservedASCIIFastPath(t *testing.T) {
+	check := func(s string) {
+		if got, want := reservedASCII(s), reservedSlow(s); got != want {
+			t.Fatalf("reservedASCII(%q) = %v, the Unicode path says %v", s, got, want)
+		}
+	}
+	for a := 32; a < 127; a++ {
+		for b := 32; b < 127; b++ {
+			check(string([]byte{byte(a), byte(b)}))
+		}
+	}
+	for _, s := range []string{"System", "SYSTEM", "system", "Sy5tem", "Systern", "SYSTERN", "5ystem", "sYsTeM", "System1", "alice", "bench-00042"} {
+		check(s)
+	}
+}
+
+func FuzzReservedASCII(f *testing.F) {
+	f.Add("System")
+	f.Add("5ysTern")
+	f.Fuzz(func(t *testing.T, s string) {
+		if !isASCII(s) || len(s) > MaxUsername {
+			return
+		}
+		if got, want := reservedASCII(s), reservedSlow(s); got != want {
+			t.Fatalf("reservedASCII(%q) = %v, the Unicode path says %v", s, got, want)
+		}
+	})
+}
+
 func FuzzNameKeyASCII(f *testing.F) {
 	f.Add("alice")
 	f.Add("SYSTEM")
@@ -259,8 +288,20 @@ func FuzzNameKeyASCII(f *testing.F) {
 }
 
 func TestCheckUsernameOfAnASCIINameAllocatesLittle(t *testing.T) {
-	raw := []byte("alice_42")
-	if n := testing.AllocsPerRun(100, func() { CheckUsername(raw) }); n > 8 {
-		t.Fatalf("%v allocations to check an ASCII name", n)
+	raw := []byte("bench-00042") // the name is the only allocation, its key none
+	var buf [MaxNameKey]byte
+	if n := testing.AllocsPerRun(100, func() {
+		name, _ := CheckUsername(raw)
+		AppendNameKey(buf[:0], name)
+	}); n > 1 {
+		t.Fatalf("%v allocations to check an ASCII name and find its key", n)
+	}
+}
+
+func TestAppendNameKeyIsNameKey(t *testing.T) {
+	for _, s := range []string{"alice", "ALICE", "bench-00042", "Sy5tem", "José", "ＡＬＩＣＥ", "аlice"} {
+		if got, want := string(AppendNameKey([]byte("x"), s)), "x"+NameKey(s); got != want {
+			t.Fatalf("AppendNameKey(%q) = %q, want %q", s, got, want)
+		}
 	}
 }

@@ -19,26 +19,26 @@ const SystemName = "System"
 // reservedKey is the key of SystemName: every name with this key is reserved.
 var reservedKey = NameKey(SystemName)
 
-// CheckUsername trims and validates a requested username. It returns the
-// display name and the key that makes names unique (NameKey).
-func CheckUsername(raw []byte) (name, key string, err error) {
+// CheckUsername trims and validates a requested username and returns the
+// display name. Its uniqueness key is NameKey (AppendNameKey).
+func CheckUsername(raw []byte) (string, error) {
 	if !utf8.Valid(raw) {
-		return "", "", ErrUsernameChars
+		return "", ErrUsernameChars
 	}
 	s := strings.TrimSpace(string(raw))
 	if s == "" {
-		return "", "", ErrUsernameRequired
+		return "", ErrUsernameRequired
 	}
 	if utf8.RuneCountInString(s) > MaxUsername {
-		return "", "", ErrUsernameLength
+		return "", ErrUsernameLength
 	}
 	if !validNameRunes(s) || !validNameRunes(norm.NFKC.String(s)) { // NFKC can produce what the raw check allowed
-		return "", "", ErrUsernameChars
+		return "", ErrUsernameChars
 	}
 	if reserved(s) {
-		return "", "", ErrUsernameReserved
+		return "", ErrUsernameReserved
 	}
-	return s, NameKey(s), nil
+	return s, nil
 }
 
 // reserved reports whether name looks like SystemName in any case: its
@@ -47,6 +47,13 @@ func CheckUsername(raw []byte) (name, key string, err error) {
 // while its lower case "ս" looks like "u", and Cyrillic "т" looks like a
 // small capital T; so the skeleton is taken before case folding too.)
 func reserved(name string) bool {
+	if isASCII(name) {
+		return reservedASCII(name)
+	}
+	return reservedSlow(name)
+}
+
+func reservedSlow(name string) bool {
 	n := norm.NFKC.String(name)
 	for _, v := range []string{n, strings.ToUpper(n), strings.ToLower(n)} {
 		if NameKey(v) == reservedKey || NameKey(skeleton(v)) == reservedKey {
@@ -69,6 +76,22 @@ func NameKey(name string) string {
 		return key
 	}
 	return nameKeySlow(name)
+}
+
+// MaxNameKey is a buffer size that AppendNameKey fills without growing
+// for any ASCII name.
+const MaxNameKey = 8 * MaxUsername
+
+// AppendNameKey appends NameKey(name) to dst; for an ASCII name without
+// a heap allocation (a server keeps only a hash of the key per member).
+func AppendNameKey(dst []byte, name string) []byte {
+	if !isASCII(name) {
+		return append(dst, nameKeySlow(name)...)
+	}
+	for i := 0; i < len(name); i++ {
+		dst = append(dst, asciiKeys[name[i]]...)
+	}
+	return dst
 }
 
 func nameKeySlow(name string) string {
@@ -111,16 +134,68 @@ var asciiKeys, asciiSkeleton = func() (keys, skel [128]string) {
 	return keys, skel
 }()
 
+// reservedASCII is reserved for an ASCII name, without a heap allocation:
+// NFKC leaves ASCII as it is, case mapping is byte by byte and the tables
+// give each byte's key and skeleton (TestReservedASCIIFastPath). The
+// general path made about ten short-lived strings per join, and that
+// garbage, interleaved in the heap with the long-lived names of the
+// clients joining at the same time, stayed resident after a join storm.
+func reservedASCII(name string) bool {
+	var spelled, skel, key [MaxNameKey]byte
+	for _, spell := range [...]func(byte) byte{asItIs, upperASCII, lowerASCII} {
+		v := spelled[:0]
+		for i := 0; i < len(name); i++ {
+			v = append(v, spell(name[i]))
+		}
+		if isReservedKey(key[:0], v) {
+			return true
+		}
+		sk := skel[:0]
+		for _, c := range v {
+			sk = append(sk, asciiSkeleton[c]...)
+		}
+		if isReservedKey(key[:0], sk) {
+			return true
+		}
+	}
+	return false
+}
+
+// isReservedKey reports whether NameKey(s) is reservedKey, building an
+// ASCII key in buf.
+func isReservedKey(buf, s []byte) bool {
+	for _, c := range s {
+		if c >= utf8.RuneSelf { // a skeleton left ASCII
+			return NameKey(string(s)) == reservedKey
+		}
+		buf = append(buf, asciiKeys[c]...)
+	}
+	return string(buf) == reservedKey
+}
+
+func asItIs(c byte) byte { return c }
+
+func upperASCII(c byte) byte {
+	if 'a' <= c && c <= 'z' {
+		return c - 'a' + 'A'
+	}
+	return c
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c - 'A' + 'a'
+	}
+	return c
+}
+
 // asciiKey computes NameKey for an ASCII name; ok is false for any other.
 func asciiKey(name string) (string, bool) {
 	if !isASCII(name) {
 		return "", false
 	}
-	var buf [8 * MaxUsername]byte
-	b := buf[:0]
-	for i := 0; i < len(name); i++ {
-		b = append(b, asciiKeys[name[i]]...)
-	}
+	var buf [MaxNameKey]byte
+	b := AppendNameKey(buf[:0], name)
 	if string(b) == name {
 		return name, true // no allocation: the name is its own key
 	}

@@ -115,6 +115,6 @@ func uvarint(b []byte) (v uint64, k int) {
 // validName reports whether b is a username a node would have accepted,
 // exactly as it would have kept it.
 func validName(b []byte) bool {
-	name, _, err := chatmsg.CheckUsername(b)
+	name, err := chatmsg.CheckUsername(b)
 	return err == nil && name == string(b)
 }
