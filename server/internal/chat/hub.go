@@ -177,8 +177,8 @@ func (h *Hub) HistorySize() int { return int(h.history.Load()) }
 // Rounds returns the number of completed broadcast rounds in all rooms.
 func (h *Hub) Rounds() uint64 { return h.rounds.Load() }
 
-// SetMaxRest changes the cap on the rest between rounds (default 25 ms)
-// for rooms created from now on. Benchmarks set 0 to measure the fan-out
+// SetMaxRest changes the cap on the rest between rounds (default 25 ms);
+// call it before any traffic. Benchmarks set 0 to measure the fan-out
 // itself.
 func (h *Hub) SetMaxRest(d time.Duration) { h.maxRest = d }
 

@@ -28,40 +28,42 @@ type rounds struct {
 	qmu       sync.Mutex  // Protects following.
 	bufs      *roundBufs  // the queues and the batch; allocated at the first message
 	queuedAt  int64       // when the oldest of them was published (unix nanos)
-	running   bool        // a round is in flight, or due on a timer (next)
 	summaries *[2]summary // joins and leaves waiting for the next round (presence.go); large rooms only
 	history   history     // the room's last messages (history.go)
-	scratch   *entry      // encodes messages when the room keeps no history
-	freed     bool        // the room emptied and is gone: nothing more is queued
 	taken     uint64      // batches taken so far; a batch's seq
 	lastTaken uint64      // id of the newest message taken into a batch
 	lastID    uint64      // id of the newest message queued or loaded
 
 	// The round in flight. Written only between rounds, read-only while
 	// one runs.
-	batchFrames int
-	batchSeq    uint64
-	batchAt     int64        // queuedAt of the batch
-	pending     atomic.Int32 // fan-out tasks of the round not yet done
-	behind      atomic.Int32 // members the round left with output pending
+	batchSeq uint64
+	batchAt  int64 // queuedAt of the batch
 
 	// Round timing (unix nanos), touched only by whoever starts or ends the
 	// round in flight (never two at once).
-	start   int64
-	end     int64
-	took    time.Duration
-	maxRest time.Duration // cap on the rest between rounds
-	lagging bool          // the last round left some member with output pending
+	start int64
+	end   int64
+	took  time.Duration
+
+	// The small fields together: a Room fits the 256-byte size class.
+	pending     atomic.Int32 // fan-out tasks of the round not yet done
+	behind      atomic.Int32 // members the round left with output pending
+	batchFrames int32        // messages in the round in flight
+	running     bool         // a round is in flight, or due on a timer (next); qmu
+	freed       bool         // the room emptied and is gone: nothing more is queued; qmu
+	lagging     bool         // the last round left some member with output pending; round timing
 }
 
 // roundBufs are a room's broadcast buffers: a room that never carries a
-// message (an idle one) never allocates them.
+// message (an idle one) never allocates them, and a room that stops
+// carrying them gives them back (Hub.Trim).
 type roundBufs struct {
 	queue    []byte   // seed frames waiting for the next round; qmu
 	queueV2  []byte   // the same messages as gochat.v2 frames; qmu
 	queueIDs []uint64 // their ids; qmu
 	spare    []byte   // the previous round's buffers, reused; qmu
 	spareV2  []byte
+	scratch  entry // encodes messages when the room keeps no history; qmu
 	// The round in flight: written only between rounds.
 	batch   []byte
 	batchV2 []byte
@@ -85,17 +87,16 @@ const maxQueue = 8 << 20
 const outboundWait = 5 * time.Millisecond
 
 func (r *rounds) init(room *Room) {
-	r.room, r.maxRest = room, room.hub.maxRest
+	r.room = room
 	r.history.init(room.hub)
 }
 
-// trim drops the room's broadcast buffers (and the scratch entry of a room
-// that keeps no history) if no round is in flight or due: nothing refers
-// to them between rounds.
+// trim drops the room's broadcast buffers if no round is in flight or due:
+// nothing refers to them between rounds.
 func (r *rounds) trim() {
 	r.qmu.Lock()
 	if !r.running && r.emptyLocked() {
-		r.bufs, r.scratch = nil, nil
+		r.bufs = nil
 	}
 	r.qmu.Unlock()
 }
@@ -153,29 +154,28 @@ func (r *rounds) enqueueLocked(id uint64, ts int64, name, content string) {
 	if r.emptyLocked() {
 		r.queuedAt = now.UnixNano()
 	}
-	e := r.encodeLocked(id, now, ts, name, content)
+	e := r.encodeLocked(id, now.UnixNano(), ts, name, content)
 	r.bufs.queue = append(r.bufs.queue, e.seed...)
-	r.bufs.queueV2 = append(r.bufs.queueV2, e.v2...)
+	r.bufs.queueV2 = e.appendV2(r.bufs.queueV2, r.room.name)
 	r.bufs.queueIDs = append(r.bufs.queueIDs, id)
 	h.metrics.Published.Inc()
 }
 
-// encodeLocked keeps message id in the history (or a scratch entry if the
-// room keeps none) in both wire forms, and returns its entry. Caller holds
-// qmu.
-func (r *rounds) encodeLocked(id uint64, at time.Time, ts int64, name, content string) *entry {
+// encodeLocked keeps message id, at unix nanos at, in the history (or in
+// a scratch entry if the room keeps none) and returns its entry. Caller
+// holds qmu.
+func (r *rounds) encodeLocked(id uint64, at, ts int64, name, content string) *entry {
 	e := r.history.push(id, at)
 	if e == nil {
-		if r.scratch == nil {
-			r.scratch = new(entry)
+		if r.bufs == nil {
+			r.bufs = new(roundBufs)
 		}
-		e = r.scratch
+		e = &r.bufs.scratch
+		e.id = id
 	}
+	e.ts = ts
 	e.seed = wsframe.AppendFramed(e.seed[:0], ws.OpText, func(b []byte) []byte {
 		return chatmsg.AppendChat(b, name, content)
-	})
-	e.v2 = wsframe.AppendFramed(e.v2[:0], ws.OpText, func(b []byte) []byte {
-		return chatmsg.AppendChatV2(b, name, content, id, r.room.name, ts)
 	})
 	return e
 }
@@ -198,7 +198,7 @@ func (r *rounds) load(id uint64, ts int64, m *Message) {
 	if r.history.n == 0 {
 		r.history.floor = max(r.history.floor, id-1)
 	}
-	r.encodeLocked(id, time.UnixMilli(ts), ts, name, content)
+	r.encodeLocked(id, ts*int64(time.Millisecond), ts, name, content)
 	r.lastID, r.lastTaken = id, id
 }
 
@@ -239,7 +239,7 @@ func (r *rounds) emptyLocked() bool {
 func (r *rounds) next() {
 	h := r.room.hub
 	now := time.Now().UnixNano()
-	rest := min(r.took/2, r.maxRest)
+	rest := min(r.took/2, r.room.hub.maxRest)
 	// A room whose rounds are expensive (many members), or whose last round
 	// left members with output the kernel did not take, keeps RoundInterval
 	// between round starts: the messages of that time share one write per
@@ -326,7 +326,7 @@ func (r *rounds) takeBatchLocked() {
 		r.bufs.batchV2, r.bufs.queueV2 = r.bufs.queueV2, r.bufs.spareV2[:0]
 	}
 	r.bufs.spare, r.bufs.spareV2 = nil, nil
-	r.batchFrames = count
+	r.batchFrames = int32(count)
 	if count > 0 {
 		r.lastTaken = r.bufs.queueIDs[count-1]
 	}
@@ -376,7 +376,7 @@ func (t *fanout) Run() {
 		written += w
 	}
 	if n > 0 {
-		m.Deliveries.Add(float64(n * r.batchFrames))
+		m.Deliveries.Add(float64(n * int(r.batchFrames)))
 		m.BytesOut.Add(float64(written))
 	}
 	r.shardDone()

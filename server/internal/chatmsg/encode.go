@@ -74,7 +74,12 @@ func AppendJSONString(dst []byte, s string) []byte {
 // milliseconds): {"username":u,"content":c,"id":1,"room":"r","ts":2}.
 func AppendChatV2(dst []byte, username, content string, id uint64, room string, ts int64) []byte {
 	dst = AppendChat(dst, username, content)
-	dst = dst[:len(dst)-1] // reopen the object
+	return AppendV2Fields(dst[:len(dst)-1], id, room, ts) // reopen the object
+}
+
+// AppendV2Fields appends what gochat.v2 adds to a seed message, and the
+// closing brace, to dst: a seed message with its brace removed.
+func AppendV2Fields(dst []byte, id uint64, room string, ts int64) []byte {
 	dst = append(dst, `,"id":`...)
 	dst = strconv.AppendUint(dst, id, 10)
 	dst = append(dst, `,"room":`...)

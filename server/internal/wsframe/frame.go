@@ -175,6 +175,18 @@ func frameSize(b []byte) int {
 	}
 }
 
+// Payload returns the payload of frame, one complete unmasked server frame.
+func Payload(frame []byte) []byte {
+	switch frame[1] & 0x7f {
+	case 126:
+		return frame[4:]
+	case 127:
+		return frame[10:]
+	default:
+		return frame[2:]
+	}
+}
+
 // FramesEnd returns where the first count frames of frames end.
 func FramesEnd(frames []byte, count int) int {
 	end := 0
