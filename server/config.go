@@ -94,7 +94,7 @@ type Config struct {
 	// out together, one write per member instead of one per message, which
 	// is where the CPU per delivery goes (README, Performance). A room idle
 	// for longer sends at once, and a small room is never held back, so
-	// this bounds the latency it adds. Zero means the default (50ms);
+	// this bounds the latency it adds. Zero means the default (65ms);
 	// RoundIntervalNone paces by round cost alone.
 	RoundInterval time.Duration
 	// ShutdownTimeout bounds the graceful close handshakes at shutdown.
@@ -152,7 +152,7 @@ const (
 	DefaultSendQueue        = 1 << 20
 	DefaultShutdownTimeout  = 5 * time.Second
 	DefaultCloseLinger      = 2 * time.Second
-	DefaultRoundInterval    = 50 * time.Millisecond
+	DefaultRoundInterval    = 65 * time.Millisecond
 	DefaultPresenceSummary  = 2000
 	DefaultMaxRooms         = 10_000
 	DefaultHistory          = 100
