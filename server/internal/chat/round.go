@@ -52,6 +52,7 @@ type rounds struct {
 	running     bool         // a round is in flight, or due on a timer (next); qmu
 	freed       bool         // the room emptied and is gone: nothing more is queued; qmu
 	lagging     bool         // the last round left some member with output pending; round timing
+	busy        bool         // messages arrive fast enough to share writes if paced (takeBatchLocked); round timing
 }
 
 // roundBufs are a room's broadcast buffers: a room that never carries a
@@ -69,6 +70,31 @@ type roundBufs struct {
 	batchV2 []byte
 	snap    []*Session // the round's copy of the members
 	tasks   []fanout   // the round's fan-out tasks; grows with the room
+	// The room's message rate, counted as batches are taken: messages
+	// since rateFrom (unix nanos), and per second over the last window.
+	rateFrom int64
+	rateN    int
+	rate     float64
+}
+
+// rateWindow is how long a room's message rate is counted over.
+const rateWindow = 250 * time.Millisecond
+
+// paceAt is how many messages a paced round must be expected to carry
+// for pacing to pay: below it, waiting for RoundInterval would add
+// latency and save no writes.
+const paceAt = 2
+
+// noteTaken counts n messages taken at unix nanos now.
+func (b *roundBufs) noteTaken(n int, now int64) {
+	if b.rateFrom == 0 {
+		b.rateFrom = now
+	}
+	b.rateN += n
+	if d := now - b.rateFrom; d >= int64(rateWindow) {
+		b.rate = float64(b.rateN) * float64(time.Second) / float64(d)
+		b.rateFrom, b.rateN = now, 0
+	}
 }
 
 // paceAbove is the round duration from which a room's rounds keep
@@ -228,8 +254,9 @@ func (r *rounds) emptyLocked() bool {
 
 // next starts a round with what is queued, once the fan-out has rested
 // half as long as its last round took (at most maxRest), and, in a room
-// whose rounds are expensive, at least RoundInterval has passed since that
-// round started. The more members, the
+// whose rounds are expensive and whose messages come fast enough for a
+// paced round to carry paceAt of them, at least RoundInterval has passed
+// since that round started. The more members, the
 // longer a round, the more messages the next one carries: the cost per
 // delivery falls as load rises, since one write(2) per member per round is
 // the dominant cost. The cap keeps bigger batches (longer rounds) from
@@ -240,14 +267,16 @@ func (r *rounds) next() {
 	h := r.room.hub
 	now := time.Now().UnixNano()
 	rest := min(r.took/2, r.room.hub.maxRest)
-	// A room whose rounds are expensive (many members), or whose last round
-	// left members with output the kernel did not take, keeps RoundInterval
-	// between round starts: the messages of that time share one write per
-	// member, and readers that fell behind get time to catch up rather
-	// than a pile-up that evicts them. A cheap round that everyone took
-	// costs little to repeat, so a quiet small room is never held back.
+	// A room whose rounds are expensive (many members) and busy, or whose
+	// last round left members with output the kernel did not take, keeps
+	// RoundInterval between round starts: the messages of that time share
+	// one write per member, and readers that fell behind get time to catch
+	// up rather than a pile-up that evicts them. A cheap round that
+	// everyone took costs little to repeat, so a small room is never held
+	// back; nor is a large room whose messages come one at a time, where
+	// waiting would add latency and save no write.
 	var cycle time.Duration
-	if r.took >= paceAbove || r.lagging {
+	if r.took >= paceAbove && r.busy || r.lagging {
 		cycle = h.cfg.RoundInterval
 	}
 	wait := max(cycle-time.Duration(now-r.start), rest-time.Duration(now-r.end))
@@ -263,7 +292,7 @@ func (r *rounds) next() {
 		return
 	}
 	r.qmu.Lock()
-	r.takeBatchLocked()
+	r.takeBatchLocked(now)
 	if r.batchFrames == 0 { // the room was freed meanwhile: nothing to send
 		r.running = false
 		r.qmu.Unlock()
@@ -303,7 +332,7 @@ type fanout struct {
 // takeBatchLocked moves what is queued, up to MaxBatch bytes of whole
 // frames, into the round's batch; the rest waits for the next round.
 // Caller holds qmu.
-func (r *rounds) takeBatchLocked() {
+func (r *rounds) takeBatchLocked(now int64) {
 	r.appendSummariesLocked()
 	if r.bufs == nil { // nothing was ever queued (the room was freed)
 		r.batchFrames = 0
@@ -327,6 +356,8 @@ func (r *rounds) takeBatchLocked() {
 	}
 	r.bufs.spare, r.bufs.spareV2 = nil, nil
 	r.batchFrames = int32(count)
+	r.bufs.noteTaken(count, now)
+	r.busy = r.bufs.rate*r.room.hub.cfg.RoundInterval.Seconds() >= paceAt
 	if count > 0 {
 		r.lastTaken = r.bufs.queueIDs[count-1]
 	}

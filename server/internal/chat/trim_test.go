@@ -36,7 +36,7 @@ func (r *recorder) has(s string) bool {
 	return bytes.Contains(r.got, []byte(s))
 }
 
-func testHub(t *testing.T) *Hub {
+func testHub(t *testing.T, opts ...func(*Config)) *Hub {
 	t.Helper()
 	p, err := pool.New(4, nil)
 	if err != nil {
@@ -47,8 +47,11 @@ func testHub(t *testing.T) *Hub {
 	m := &Metrics{Joins: c, JoinRejects: c, Leaves: c, MessagesIn: c, Published: c, Deliveries: c, BytesOut: c,
 		Rounds: c, BusyRejects: c, RateLimited: c, ErrorBudget: c, Replayed: c, Gaps: c,
 		BroadcastLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "h"})}
-	return NewHub(Config{MaxContent: 2000, Rate: 10, Burst: 20, MaxRooms: 10, History: 100, PresenceSummary: 2000, Shards: 4},
-		p, m, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	cfg := Config{MaxContent: 2000, Rate: 10, Burst: 20, MaxRooms: 10, History: 100, PresenceSummary: 2000, Shards: 4}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return NewHub(cfg, p, m, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
