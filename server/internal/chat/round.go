@@ -155,8 +155,9 @@ func (r *rounds) enqueue(id uint64, ts int64, name, content string) error {
 	return nil
 }
 
-// enqueueLocked encodes the message in both forms into its history entry
-// and appends those to the queues. id 0 takes the next local id: the
+// enqueueLocked encodes the message into its history entry and appends
+// it to the queues in both forms (the gochat.v2 frame made from the
+// seed's). id 0 takes the next local id: the
 // process's on one node; in a cluster, one after the room's newest, which
 // stays below the cluster's next (idsPerSeq). ts 0 is now. Caller holds
 // qmu.
