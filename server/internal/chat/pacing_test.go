@@ -2,6 +2,8 @@ package chat
 
 import (
 	"fmt"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -63,4 +65,66 @@ func TestBusyExpensiveRoomSharesWrites(t *testing.T) {
 		t.Fatalf("%d messages took %d writes: the busy room was not paced", n, writes)
 	}
 	s.Leave()
+}
+
+// writeLog is a slow member that keeps each delivery apart.
+type writeLog struct {
+	slowMember
+	mu     sync.Mutex
+	writes []string
+}
+
+func (w *writeLog) Deliver(b []byte) (bool, int) {
+	w.mu.Lock()
+	w.writes = append(w.writes, string(b))
+	w.mu.Unlock()
+	return w.slowMember.Deliver(b)
+}
+
+func (w *writeLog) firstWrite() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.writes) == 0 {
+		return ""
+	}
+	return w.writes[0]
+}
+
+// A message that arrives while a round is under way reaches the members
+// the round has not visited yet in that round, in the same write as the
+// message the round started with.
+func TestMessageJoinsTheRoundUnderWay(t *testing.T) {
+	h := testHub(t, func(c *Config) { c.Rate, c.Burst = 1e6, 1e6 })
+	r, err := h.Acquire([]byte("wave"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	members := make([]*writeLog, 8)
+	sessions := make([]*Session, len(members))
+	for i := range members {
+		members[i] = &writeLog{}
+		sessions[i] = new(Session)
+		sessions[i].Init(members[i], int32(i+1))
+		sessions[i].Attach(r, Options{})
+		sessions[i].OnMessage(fmt.Appendf(nil, `{"username":"u%d"}`, i), time.Now().UnixNano())
+	}
+	waitFor(t, "the joins", func() bool { return h.Idle() })
+	for _, m := range members {
+		m.mu.Lock()
+		m.writes = nil
+		m.mu.Unlock()
+	}
+	// A round over 8 members at 3 ms each takes about 24 ms; m2 arrives
+	// 6 ms into it.
+	sessions[0].OnMessage([]byte(`{"content":"m1"}`), time.Now().UnixNano())
+	time.Sleep(6 * time.Millisecond)
+	sessions[0].OnMessage([]byte(`{"content":"m2"}`), time.Now().UnixNano())
+	last := members[len(members)-1]
+	waitFor(t, "both messages at the last member", func() bool { return last.has(`"m1"`) && last.has(`"m2"`) })
+	if w := last.firstWrite(); !strings.Contains(w, `"m1"`) || !strings.Contains(w, `"m2"`) {
+		t.Fatalf("the last member's first write was %q: m2 waited for the next round", w)
+	}
+	for _, s := range sessions {
+		s.Leave()
+	}
 }

@@ -1,6 +1,7 @@
 package chat
 
 import (
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,15 +14,17 @@ import (
 
 // rounds is a room's broadcast pipeline. enqueue encodes a message once in
 // each wire form (the seed's two keys, and gochat.v2 with id, room and
-// time), keeps it in the room's history, and appends it to the queues.
-// Rounds deliver it: a round takes what is queued (up to MaxBatch bytes)
-// as one batch and fans it out, a chunk of members per worker (fanout),
-// one Transport.Deliver (one write(2)) per member carrying the whole batch
-// in that member's form. At most one round per room is in flight, which
+// time), keeps it in the room's history, and appends it to the queue.
+// Rounds deliver it: a round visits every member, a chunk of members per
+// worker (fanout), and gives each, in one Transport.Deliver (one write(2))
+// in its form, everything queued that it has not been given yet (up to
+// MaxBatch bytes) — including what arrived since the round started, so a
+// message that arrives during a round reaches the members not yet visited
+// in it. Each member's messages are a contiguous run of the queue, which
 // keeps every sender's messages in order at every receiver; under load,
-// messages that arrive during a round (and the short rest after it, see
-// next) make the next batch larger, so the cost per message falls as the
-// load rises.
+// messages that arrive between a member's visits (a round and the short
+// rest after it, see next) share one write, so the cost per message falls
+// as the load rises.
 type rounds struct {
 	room *Room
 
@@ -30,14 +33,14 @@ type rounds struct {
 	queuedAt  int64       // when the oldest of them was published (unix nanos)
 	summaries *[2]summary // joins and leaves waiting for the next round (presence.go); large rooms only
 	history   history     // the room's last messages (history.go)
-	taken     uint64      // batches taken so far; a batch's seq
-	lastTaken uint64      // id of the newest message taken into a batch
+	lastTaken uint64      // id of the newest message a round has started on
 	lastID    uint64      // id of the newest message queued or loaded
-
-	// The round in flight. Written only between rounds, read-only while
-	// one runs.
-	batchSeq uint64
-	batchAt  int64 // queuedAt of the batch
+	// Messages are numbered in the room from 0 (their sequence, not their
+	// id): the queue holds base.., and a round owes every member what it
+	// has not been given up to passEnd, the end when the round started.
+	base    uint64
+	passEnd uint64
+	batchAt int64 // queuedAt when the round started; round timing
 
 	// Round timing (unix nanos), touched only by whoever starts or ends the
 	// round in flight (never two at once).
@@ -46,30 +49,34 @@ type rounds struct {
 	took  time.Duration
 
 	// The small fields together: a Room fits the 256-byte size class.
-	pending     atomic.Int32 // fan-out tasks of the round not yet done
-	behind      atomic.Int32 // members the round left with output pending
-	batchFrames int32        // messages in the round in flight
-	running     bool         // a round is in flight, or due on a timer (next); qmu
-	freed       bool         // the room emptied and is gone: nothing more is queued; qmu
-	lagging     bool         // the last round left some member with output pending; round timing
-	busy        bool         // messages arrive fast enough to share writes if paced (takeBatchLocked); round timing
+	pending atomic.Int32 // fan-out tasks of the round not yet done
+	behind  atomic.Int32 // members the round left with output pending
+	running bool         // a round is in flight, or due on a timer (next); qmu
+	freed   bool         // the room emptied and is gone: nothing more is queued; qmu
+	lagging bool         // the last round left some member with output pending; round timing
+	busy    bool         // messages arrive fast enough to share writes if paced (takeBatchLocked); round timing
 }
 
 // roundBufs are a room's broadcast buffers: a room that never carries a
 // message (an idle one) never allocates them, and a room that stops
 // carrying them gives them back (Hub.Trim).
 type roundBufs struct {
-	queue    []byte   // seed frames waiting for the next round; qmu
-	queueV2  []byte   // the same messages as gochat.v2 frames; qmu
-	queueIDs []uint64 // their ids; qmu
-	spare    []byte   // the previous round's buffers, reused; qmu
-	spareV2  []byte
+	// The queue: messages base.. that some member has not been given, as
+	// seed frames and as gochat.v2 frames, where each starts in both, and
+	// their ids. Appended under qmu; a round's tasks read slices of it
+	// under qmu and write them without it (appends never touch bytes
+	// below len); only the end of a round, with no task running, drops
+	// its given prefix.
+	queue    []byte
+	queueV2  []byte
+	offs     []int32
+	offsV2   []int32
+	queueIDs []uint64
 	scratch  entry // encodes messages when the room keeps no history; qmu
 	// The round in flight: written only between rounds.
-	batch   []byte
-	batchV2 []byte
 	snap    []*Session // the round's copy of the members
 	tasks   []fanout   // the round's fan-out tasks; grows with the room
+	passMin uint64     // the least sequence a visited member still needs; qmu
 	// The room's message rate, counted as batches are taken: messages
 	// since rateFrom (unix nanos), and per second over the last window.
 	rateFrom int64
@@ -182,9 +189,12 @@ func (r *rounds) enqueueLocked(id uint64, ts int64, name, content string) {
 		r.queuedAt = now.UnixNano()
 	}
 	e := r.encodeLocked(id, now.UnixNano(), ts, name, content)
-	r.bufs.queue = append(r.bufs.queue, e.seed...)
-	r.bufs.queueV2 = e.appendV2(r.bufs.queueV2, r.room.name)
-	r.bufs.queueIDs = append(r.bufs.queueIDs, id)
+	b := r.bufs
+	b.offs = append(b.offs, int32(len(b.queue)))
+	b.offsV2 = append(b.offsV2, int32(len(b.queueV2)))
+	b.queue = append(b.queue, e.seed...)
+	b.queueV2 = e.appendV2(b.queueV2, r.room.name)
+	b.queueIDs = append(b.queueIDs, id)
 	h.metrics.Published.Inc()
 }
 
@@ -293,8 +303,7 @@ func (r *rounds) next() {
 		return
 	}
 	r.qmu.Lock()
-	r.takeBatchLocked(now)
-	if r.batchFrames == 0 { // the room was freed meanwhile: nothing to send
+	if !r.startLocked(now) { // the room was freed meanwhile: nothing to send
 		r.running = false
 		r.qmu.Unlock()
 		return
@@ -330,39 +339,95 @@ type fanout struct {
 	from, to int
 }
 
-// takeBatchLocked moves what is queued, up to MaxBatch bytes of whole
-// frames, into the round's batch; the rest waits for the next round.
-// Caller holds qmu.
-func (r *rounds) takeBatchLocked(now int64) {
+// startLocked starts a round on what is queued: every member is owed
+// the messages up to the end now (passEnd), and, when the task reaches
+// it, whatever came since as well. It reports false if nothing is queued
+// (the room was freed). Caller holds qmu.
+func (r *rounds) startLocked(now int64) bool {
 	r.appendSummariesLocked()
-	if r.bufs == nil { // nothing was ever queued (the room was freed)
-		r.batchFrames = 0
+	b := r.bufs
+	if b == nil || len(b.queueIDs) == 0 {
+		return false
+	}
+	end := r.base + uint64(len(b.queueIDs))
+	b.noteTaken(int(end-max(r.passEnd, r.base)), now)
+	r.busy = b.rate*r.room.hub.cfg.RoundInterval.Seconds() >= paceAt
+	r.passEnd, r.lastTaken, r.batchAt = end, b.queueIDs[len(b.queueIDs)-1], r.queuedAt
+	b.passMin = math.MaxUint64
+	return true
+}
+
+// segment is segmentLocked under qmu.
+func (r *rounds) segment(s *Session, limit int) ([]byte, uint64) {
+	r.qmu.Lock()
+	defer r.qmu.Unlock()
+	return r.segmentLocked(s, limit)
+}
+
+// segmentLocked returns the frames s has not been given, in its form, up
+// to the end of the queue now (at most limit bytes of whole frames, at
+// least one frame; limit 0: no limit), and the sequence after them; nil
+// if it has been given everything. Caller holds qmu.
+func (r *rounds) segmentLocked(s *Session, limit int) ([]byte, uint64) {
+	b := r.bufs
+	n := len(b.queueIDs)
+	if s.next >= r.base+uint64(n) {
+		return nil, 0
+	}
+	q, offs := b.queue, b.offs
+	if s.v2 {
+		q, offs = b.queueV2, b.offsV2
+	}
+	// A member is never behind base: the end of a round keeps what any
+	// member still needs. Were it ever, it gets what is left rather than
+	// a slice out of range.
+	from := int(max(s.next, r.base) - r.base)
+	to := n
+	if limit > 0 {
+		frameEnd := func(i int) int { // where message i ends
+			if i+1 < n {
+				return int(offs[i+1])
+			}
+			return len(q)
+		}
+		for to = from + 1; to < n && frameEnd(to)-int(offs[from]) <= limit; to++ {
+		}
+	}
+	end := len(q)
+	if to < n {
+		end = int(offs[to])
+	}
+	return q[offs[from]:end], r.base + uint64(to)
+}
+
+// dropGivenLocked drops the queued messages every member has been given
+// at the end of a round: those up to passEnd that no visited member still
+// needs (members that joined during the round start at passEnd). Caller
+// holds qmu; no task is running.
+func (r *rounds) dropGivenLocked() {
+	b := r.bufs
+	k := int(min(b.passMin, r.passEnd) - r.base)
+	if k <= 0 {
 		return
 	}
-	r.taken++
-	r.batchSeq, r.batchAt = r.taken, r.queuedAt
-	count := len(r.bufs.queueIDs)
-	if limit := r.room.hub.cfg.MaxBatch; limit > 0 && len(r.bufs.queueV2) > limit {
-		var end int
-		end, count = wsframe.SplitFrames(r.bufs.queueV2, limit)
-		seedEnd := wsframe.FramesEnd(r.bufs.queue, count)
-		r.bufs.batch = append(r.bufs.spare[:0], r.bufs.queue[:seedEnd]...)
-		r.bufs.batchV2 = append(r.bufs.spareV2[:0], r.bufs.queueV2[:end]...)
-		r.bufs.queue = r.bufs.queue[:copy(r.bufs.queue, r.bufs.queue[seedEnd:])]
-		r.bufs.queueV2 = r.bufs.queueV2[:copy(r.bufs.queueV2, r.bufs.queueV2[end:])]
-		r.queuedAt = time.Now().UnixNano() // the rest is as old as this round, at most
-	} else {
-		r.bufs.batch, r.bufs.queue = r.bufs.queue, r.bufs.spare[:0]
-		r.bufs.batchV2, r.bufs.queueV2 = r.bufs.queueV2, r.bufs.spareV2[:0]
+	n := len(b.queueIDs)
+	cut, cutV2 := len(b.queue), len(b.queueV2)
+	if k < n {
+		cut, cutV2 = int(b.offs[k]), int(b.offsV2[k])
 	}
-	r.bufs.spare, r.bufs.spareV2 = nil, nil
-	r.batchFrames = int32(count)
-	r.bufs.noteTaken(count, now)
-	r.busy = r.bufs.rate*r.room.hub.cfg.RoundInterval.Seconds() >= paceAt
-	if count > 0 {
-		r.lastTaken = r.bufs.queueIDs[count-1]
+	b.queue = b.queue[:copy(b.queue, b.queue[cut:])]
+	b.queueV2 = b.queueV2[:copy(b.queueV2, b.queueV2[cutV2:])]
+	b.queueIDs = b.queueIDs[:copy(b.queueIDs, b.queueIDs[k:])]
+	b.offs = b.offs[:copy(b.offs, b.offs[k:])]
+	b.offsV2 = b.offsV2[:copy(b.offsV2, b.offsV2[k:])]
+	for i := range b.offs {
+		b.offs[i] -= int32(cut)
+		b.offsV2[i] -= int32(cutV2)
 	}
-	r.bufs.queueIDs = r.bufs.queueIDs[:copy(r.bufs.queueIDs, r.bufs.queueIDs[count:])]
+	r.base += uint64(k)
+	if len(b.queueIDs) > 0 {
+		r.queuedAt = r.end // what is left came during the round: it is as old as the round, at most
+	}
 }
 
 // attach adds a joined session to the round's members, after queueing
@@ -375,7 +440,7 @@ func (r *rounds) attach(s *Session) {
 	if replay := r.history.replay(s, r.lastTaken); len(replay) > 0 {
 		s.t.Send(replay)
 	}
-	s.firstRound = r.taken + 1
+	s.next = r.passEnd
 	room := r.room
 	room.membersMu.Lock()
 	s.member = int32(len(room.members))
@@ -383,34 +448,45 @@ func (r *rounds) attach(s *Session) {
 	room.membersMu.Unlock()
 }
 
-// Run delivers the current batch to the task's members.
+// Run gives each of the task's members, in turn, what it has not been
+// given so far: everything queued when the task reaches it, so a message
+// that arrives during the round still reaches the members not yet
+// visited in this round, in one write with the rest.
 func (t *fanout) Run() {
 	r := t.r
-	m := r.room.hub.metrics
-	n, written := 0, 0
+	b := r.bufs // kept while a round runs (trim waits for it)
+	h := r.room.hub
+	limit := h.cfg.MaxBatch
+	frames, written := 0, 0
+	least := uint64(math.MaxUint64)
 	for i := t.from; i < t.to; i++ {
-		s := r.bufs.snap[i]
-		r.bufs.snap[i] = nil // the session may go: the round keeps no hold on it
-		if s.firstRound > r.batchSeq {
-			continue // joined after this batch was taken: it was in the replay
+		s := b.snap[i]
+		b.snap[i] = nil // the session may go: the round keeps no hold on it
+		seg, to := r.segment(s, limit)
+		if seg == nil {
+			least = min(least, s.next)
+			continue
 		}
-		batch := r.bufs.batch
-		if s.v2 {
-			batch = r.bufs.batchV2
+		ok, w := s.t.Deliver(seg)
+		given := int(to - s.next)
+		s.next = to // also when closing: it stays a member until it leaves, and is owed nothing more
+		least = min(least, to)
+		if !ok {
+			continue
 		}
-		ok, w := s.t.Deliver(batch)
-		if ok {
-			n++
-			if w < len(batch) {
-				r.behind.Add(1)
-			}
+		frames += given
+		if w < len(seg) {
+			r.behind.Add(1)
 		}
 		written += w
 	}
-	if n > 0 {
-		m.Deliveries.Add(float64(n * int(r.batchFrames)))
-		m.BytesOut.Add(float64(written))
+	if frames > 0 {
+		h.metrics.Deliveries.Add(float64(frames))
+		h.metrics.BytesOut.Add(float64(written))
 	}
+	r.qmu.Lock()
+	b.passMin = min(b.passMin, least)
+	r.qmu.Unlock()
 	r.shardDone()
 }
 
@@ -428,8 +504,7 @@ func (r *rounds) shardDone() {
 	h.metrics.Rounds.Inc()
 	h.rounds.Add(1)
 	r.qmu.Lock()
-	r.bufs.spare, r.bufs.spareV2 = r.bufs.batch[:0], r.bufs.batchV2[:0]
-	r.bufs.batch, r.bufs.batchV2 = nil, nil
+	r.dropGivenLocked()
 	if r.emptyLocked() {
 		r.running = false
 		r.qmu.Unlock()

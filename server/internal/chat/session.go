@@ -25,12 +25,12 @@ type Session struct {
 	t    Transport
 	room *Room // the room it is in, from Attach until Leave
 
-	name       string // display name once joined
-	keyHash    uint64 // hash of the uniqueness key (chatmsg.NameKey) once joined: see Room.names
-	since      uint64 // the id it resumes after, if resume
-	firstRound uint64 // its first live batch (rounds.attach)
-	tokensAt   int64  // unix nanos of the last refill of tokens
-	errsAt     int64  // unix nanos when the error window started
+	name     string // display name once joined
+	keyHash  uint64 // hash of the uniqueness key (chatmsg.NameKey) once joined: see Room.names
+	since    uint64 // the id it resumes after, if resume
+	next     uint64 // sequence of the first message in its room it has not been given (rounds)
+	tokensAt int64  // unix nanos of the last refill of tokens
+	errsAt   int64  // unix nanos when the error window started
 
 	id       int32   // the connection's id (its fd), in logs
 	member   int32   // index in the room's members, -1 when not a member
