@@ -40,8 +40,3 @@ func (r *releaser) check(s *Server, now int64) {
 	debug.FreeOSMemory()
 	s.metrics.idleCollections.Inc()
 }
-
-// connSizeClass is the allocator's size class a Conn must fit: every idle
-// client costs one, so a field that pushes it to the next class (224) costs
-// 16 bytes per connection (TestConnFitsItsSizeClass).
-const connSizeClass = 208

@@ -35,3 +35,49 @@ func TestRoomFitsItsSizeClass(t *testing.T) {
 		t.Fatalf("Room is %d bytes: over the 256-byte size class", n)
 	}
 }
+
+// A member is given whole frames up to the round's byte limit, always at
+// least one, and the rest on its next visit.
+func TestSegmentTakesWholeFramesUpToTheLimit(t *testing.T) {
+	h := testHub(t)
+	r, err := h.Acquire([]byte("limits"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rd := &r.rounds
+	var sizes []int // seed frame sizes
+	rd.qmu.Lock()
+	for _, n := range []int{10, 10, 200, 10} {
+		before := 0
+		if rd.bufs != nil {
+			before = len(rd.bufs.queue)
+		}
+		rd.enqueueLocked(0, 0, "", strings.Repeat("x", n))
+		sizes = append(sizes, len(rd.bufs.queue)-before)
+	}
+	rd.qmu.Unlock()
+	total := 0
+	for _, n := range sizes {
+		total += n
+	}
+	for _, tc := range []struct {
+		limit, bytes int
+		next         uint64
+	}{
+		{1, sizes[0], 1}, // always at least one frame
+		{sizes[0], sizes[0], 1},
+		{sizes[0] + sizes[1], sizes[0] + sizes[1], 2},
+		{sizes[0] + sizes[1] + sizes[2] - 1, sizes[0] + sizes[1], 2},
+		{total - sizes[3], total - sizes[3], 3},
+		{0, total, 4}, // no limit
+	} {
+		s := &Session{next: rd.base}
+		seg, next := rd.segment(s, tc.limit)
+		if len(seg) != tc.bytes || next != rd.base+tc.next {
+			t.Errorf("limit %d: %d bytes up to %d, want %d bytes up to %d", tc.limit, len(seg), next-rd.base, tc.bytes, tc.next)
+		}
+	}
+	if seg, _ := rd.segment(&Session{next: rd.base + 4}, 0); seg != nil {
+		t.Errorf("a member given everything got %d bytes", len(seg))
+	}
+}

@@ -29,7 +29,7 @@ type rounds struct {
 	room *Room
 
 	qmu       sync.Mutex  // Protects following.
-	bufs      *roundBufs  // the queues and the batch; allocated at the first message
+	bufs      *roundBufs  // the queue and the round's scratch; allocated at the first message
 	queuedAt  int64       // when the oldest of them was published (unix nanos)
 	summaries *[2]summary // joins and leaves waiting for the next round (presence.go); large rooms only
 	history   history     // the room's last messages (history.go)
@@ -54,7 +54,7 @@ type rounds struct {
 	running bool         // a round is in flight, or due on a timer (next); qmu
 	freed   bool         // the room emptied and is gone: nothing more is queued; qmu
 	lagging bool         // the last round left some member with output pending; round timing
-	busy    bool         // messages arrive fast enough to share writes if paced (takeBatchLocked); round timing
+	busy    bool         // messages arrive fast enough to share writes if paced (startLocked); round timing
 }
 
 // roundBufs are a room's broadcast buffers: a room that never carries a
@@ -77,7 +77,7 @@ type roundBufs struct {
 	snap    []*Session // the round's copy of the members
 	tasks   []fanout   // the round's fan-out tasks; grows with the room
 	passMin uint64     // the least sequence a visited member still needs; qmu
-	// The room's message rate, counted as batches are taken: messages
+	// The room's message rate, counted as rounds start: messages
 	// since rateFrom (unix nanos), and per second over the last window.
 	rateFrom int64
 	rateN    int
@@ -92,7 +92,7 @@ const rateWindow = 250 * time.Millisecond
 // latency and save no writes.
 const paceAt = 2
 
-// noteTaken counts n messages taken at unix nanos now.
+// noteTaken counts n messages that a round started on at unix nanos now.
 func (b *roundBufs) noteTaken(n int, now int64) {
 	if b.rateFrom == 0 {
 		b.rateFrom = now
@@ -333,7 +333,7 @@ func (r *rounds) next() {
 // fanoutChunk is the fewest members a round gives a task of its own.
 const fanoutChunk = 256
 
-// fanout is one task of a round: it delivers the batch to snap[from:to].
+// fanout is one task of a round: it visits snap[from:to].
 type fanout struct {
 	r        *rounds
 	from, to int
@@ -431,8 +431,8 @@ func (r *rounds) dropGivenLocked() {
 }
 
 // attach adds a joined session to the round's members, after queueing
-// its replay: everything up to the newest message taken into a batch is
-// replayed, and the session's first live batch is the next one taken.
+// its replay: everything up to the newest message a round has started on
+// is replayed, and the rounds give it everything after that.
 // Called by Room.join with namesMu held.
 func (r *rounds) attach(s *Session) {
 	r.qmu.Lock()

@@ -148,21 +148,6 @@ func FrameEnd(frames []byte, n int) int {
 	return min(pos, len(frames))
 }
 
-// SplitFrames returns the longest prefix of frames (a run of complete
-// server frames) that holds whole frames and at most limit bytes, but
-// always at least one frame, and how many frames it holds.
-func SplitFrames(frames []byte, limit int) (end, count int) {
-	for end < len(frames) {
-		next := end + frameSize(frames[end:])
-		if count > 0 && next > limit {
-			break
-		}
-		end = next
-		count++
-	}
-	return min(end, len(frames)), count
-}
-
 // frameSize is the length of the server frame at the start of b.
 func frameSize(b []byte) int {
 	switch n := int(b[1] & 0x7f); n {
@@ -177,21 +162,18 @@ func frameSize(b []byte) int {
 
 // Payload returns the payload of frame, one complete unmasked server frame.
 func Payload(frame []byte) []byte {
-	switch frame[1] & 0x7f {
-	case 126:
-		return frame[4:]
-	case 127:
-		return frame[10:]
-	default:
-		return frame[2:]
-	}
+	return frame[headerSize(frame):]
 }
 
-// FramesEnd returns where the first count frames of frames end.
-func FramesEnd(frames []byte, count int) int {
-	end := 0
-	for ; count > 0 && end < len(frames); count-- {
-		end += frameSize(frames[end:])
+// headerSize is the length of the header of the server frame at the start
+// of b.
+func headerSize(b []byte) int {
+	switch b[1] & 0x7f {
+	case 126:
+		return 4
+	case 127:
+		return 10
+	default:
+		return 2
 	}
-	return min(end, len(frames))
 }

@@ -283,35 +283,11 @@ func TestFrameEndFindsTheBoundaryAfterAPartialWrite(t *testing.T) {
 	}
 }
 
-func TestSplitFramesTakesWholeFramesUpToTheLimit(t *testing.T) {
-	var frames []byte
-	for _, n := range []int{10, 10, 200, 10} { // 12, 12, 204, 12 bytes
-		frames = AppendFrame(frames, ws.OpText, bytes.Repeat([]byte("x"), n))
-	}
-	for _, tc := range []struct{ limit, end, count int }{
-		{0, 12, 1}, // always at least one frame
-		{12, 12, 1},
-		{30, 24, 2},
-		{227, 24, 2},
-		{228, 228, 3},
-		{1 << 20, 240, 4},
-	} {
-		if end, count := SplitFrames(frames, tc.limit); end != tc.end || count != tc.count {
-			t.Errorf("limit %d: (%d, %d), want (%d, %d)", tc.limit, end, count, tc.end, tc.count)
-		}
-	}
-}
-
-func TestFramesEndCountsFrames(t *testing.T) {
-	var frames []byte
-	ends := []int{0}
-	for _, n := range []int{1, 300, 0, 70000} {
-		frames = AppendFrame(frames, ws.OpText, bytes.Repeat([]byte("x"), n))
-		ends = append(ends, len(frames))
-	}
-	for count, want := range ends {
-		if got := FramesEnd(frames, count); got != want {
-			t.Errorf("FramesEnd(%d) = %d, want %d", count, got, want)
+func TestPayloadSkipsTheHeader(t *testing.T) {
+	for _, n := range []int{0, 125, 126, 65535, 65536} {
+		p := bytes.Repeat([]byte("x"), n)
+		if got := Payload(AppendFrame(nil, ws.OpText, p)); !bytes.Equal(got, p) {
+			t.Errorf("payload of %d bytes: got %d bytes", n, len(got))
 		}
 	}
 }
