@@ -100,6 +100,24 @@ func (p *Pool) Schedule(t Task) error {
 	return nil
 }
 
+// Yield lets the tasks queued behind busy workers run before the rest of
+// a long task: if any are waiting, it queues t behind them and reports
+// true, and the caller must return from Run at once (t runs again, on
+// this or another worker, when its turn comes). With nothing waiting, or
+// the pool closed, it reports false and the caller carries on. A task that
+// yields between slices of its work keeps the pool's workers from being
+// held by a few long tasks while short ones (reads) wait. Called from a
+// running task only.
+func (p *Pool) Yield(t Task) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.queue.len() == 0 {
+		return false
+	}
+	p.queue.push(t) // this drainer stays active and pops it in its turn
+	return true
+}
+
 // startDrainer hands a drainer to ants. active < size was checked under mu,
 // so ants has a free worker except in one window: a drainer that has just
 // decremented active is still on its way back into ants' idle list. That

@@ -2,6 +2,7 @@ package pool
 
 import (
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -120,6 +121,79 @@ func TestScheduleAfterCloseFails(t *testing.T) {
 		t.Fatalf("Schedule after Close: %v", err)
 	}
 	p.Close() // idempotent
+}
+
+// slicedTask does its work in two halves and yields between them.
+type slicedTask struct {
+	p      *Pool
+	during func() // called in the first half
+	record func(string)
+	half   int
+	yields []bool // what each Yield reported
+}
+
+func (s *slicedTask) Run() {
+	if s.half == 0 {
+		s.record("first half")
+		s.during()
+		s.half = 1
+		y := s.p.Yield(s)
+		s.yields = append(s.yields, y)
+		if y {
+			return
+		}
+	}
+	s.record("second half")
+}
+
+// A task that yields lets the tasks waiting for a worker run before its
+// rest; with none waiting, it carries on at once.
+func TestYieldRunsWaitingTasksFirst(t *testing.T) {
+	p, err := New(1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	var mu sync.Mutex
+	var order []string
+	done := make(chan struct{})
+	record := func(s string) {
+		mu.Lock()
+		order = append(order, s)
+		mu.Unlock()
+		if s == "second half" {
+			close(done)
+		}
+	}
+	waiting := funcTask(func() { record("waiting task") })
+	long := &slicedTask{p: p, record: record, during: func() {
+		if err := p.Schedule(waiting); err != nil { // the only worker is busy: it waits
+			t.Error(err)
+		}
+	}}
+	if err := p.Schedule(long); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	mu.Lock()
+	got := strings.Join(order, ", ")
+	mu.Unlock()
+	if want := "first half, waiting task, second half"; got != want {
+		t.Fatalf("ran %s, want %s", got, want)
+	}
+	if len(long.yields) != 1 || !long.yields[0] {
+		t.Fatalf("Yield reported %v with a task waiting, want [true]", long.yields)
+	}
+
+	alone := &slicedTask{p: p, record: func(string) {}, during: func() {}}
+	finished := make(chan struct{})
+	if err := p.Schedule(funcTask(func() { alone.Run(); close(finished) })); err != nil {
+		t.Fatal(err)
+	}
+	<-finished
+	if len(alone.yields) != 1 || alone.yields[0] {
+		t.Fatalf("Yield reported %v with nothing waiting, want [false]", alone.yields)
+	}
 }
 
 func TestNewRejectsZeroSize(t *testing.T) {

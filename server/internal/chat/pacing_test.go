@@ -128,3 +128,68 @@ func TestMessageJoinsTheRoundUnderWay(t *testing.T) {
 		s.Leave()
 	}
 }
+
+// gatedMember counts its deliveries; once armed, its next delivery waits
+// until the test opens the gate.
+type gatedMember struct {
+	recorder
+	count   *atomic.Int32
+	armed   atomic.Bool
+	reached chan struct{}
+	gate    chan struct{}
+}
+
+func (m *gatedMember) Deliver(b []byte) (bool, int) {
+	if m.armed.CompareAndSwap(true, false) {
+		close(m.reached)
+		<-m.gate
+	}
+	m.count.Add(1)
+	return true, len(b)
+}
+
+// A round over many members yields its worker after each fanoutChunk of
+// them, so work that waits for a worker (a sender's message being read)
+// is not held until the round ends. One worker, one fan-out task: a task
+// scheduled while the round visits its first member runs before the round
+// has visited them all.
+func TestRoundYieldsToWaitingWork(t *testing.T) {
+	h := testHubOn(t, 1, func(c *Config) { c.Shards = 1; c.Rate, c.Burst = 1e6, 1e6 })
+	r, err := h.Acquire([]byte("crowd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var delivered atomic.Int32
+	const n = 2 * fanoutChunk
+	members := make([]*gatedMember, n)
+	sessions := make([]*Session, n)
+	for i := range members {
+		members[i] = &gatedMember{count: &delivered, reached: make(chan struct{}), gate: make(chan struct{})}
+		sessions[i] = new(Session)
+		sessions[i].Init(members[i], int32(i+1))
+		sessions[i].Attach(r, Options{})
+		sessions[i].OnMessage(fmt.Appendf(nil, `{"username":"u%d"}`, i), time.Now().UnixNano())
+	}
+	waitFor(t, "the joins", func() bool { return h.Idle() })
+	delivered.Store(0)
+	first := members[0]
+	first.armed.Store(true)
+	sessions[1].OnMessage([]byte(`{"content":"hello"}`), time.Now().UnixNano())
+	<-first.reached // the round holds the only worker, at its first member
+	ranAt := make(chan int32, 1)
+	if err := h.pool.Schedule(funcTask(func() { ranAt <- delivered.Load() })); err != nil {
+		t.Fatal(err)
+	}
+	close(first.gate)
+	if got := <-ranAt; got >= n {
+		t.Fatalf("the waiting task ran after %d deliveries: the round held the worker to its end (%d members)", got, n)
+	}
+	waitFor(t, "the round", func() bool { return delivered.Load() == n })
+	for _, s := range sessions {
+		s.Leave()
+	}
+}
+
+type funcTask func()
+
+func (f funcTask) Run() { f() }

@@ -451,15 +451,36 @@ func (r *rounds) attach(s *Session) {
 // Run gives each of the task's members, in turn, what it has not been
 // given so far: everything queued when the task reaches it, so a message
 // that arrives during the round still reaches the members not yet
-// visited in this round, in one write with the rest.
+// visited in this round, in one write with the rest. After every
+// fanoutChunk members it yields to the tasks waiting for a worker: a
+// round over thousands of members would otherwise hold every worker for
+// its whole length, and the senders' messages would wait unread until it
+// ended instead of joining it.
 func (t *fanout) Run() {
+	r := t.r
+	for {
+		end := min(t.to, t.from+fanoutChunk)
+		t.visit(t.from, end)
+		t.from = end
+		if t.from == t.to {
+			break
+		}
+		if r.room.hub.pool.Yield(t) {
+			return // runs again, from t.from, when its turn comes
+		}
+	}
+	r.shardDone()
+}
+
+// visit gives members snap[lo:hi] what they have not been given.
+func (t *fanout) visit(lo, hi int) {
 	r := t.r
 	b := r.bufs // kept while a round runs (trim waits for it)
 	h := r.room.hub
 	limit := h.cfg.MaxBatch
 	frames, written := 0, 0
 	least := uint64(math.MaxUint64)
-	for i := t.from; i < t.to; i++ {
+	for i := lo; i < hi; i++ {
 		s := b.snap[i]
 		b.snap[i] = nil // the session may go: the round keeps no hold on it
 		seg, to := r.segment(s, limit)
@@ -487,7 +508,6 @@ func (t *fanout) Run() {
 	r.qmu.Lock()
 	b.passMin = min(b.passMin, least)
 	r.qmu.Unlock()
-	r.shardDone()
 }
 
 // shardDone ends the round when its last task finishes, and starts the next

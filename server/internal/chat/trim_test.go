@@ -38,7 +38,13 @@ func (r *recorder) has(s string) bool {
 
 func testHub(t *testing.T, opts ...func(*Config)) *Hub {
 	t.Helper()
-	p, err := pool.New(4, nil)
+	return testHubOn(t, 4, opts...)
+}
+
+// testHubOn is testHub on a pool of the given number of workers.
+func testHubOn(t *testing.T, workers int, opts ...func(*Config)) *Hub {
+	t.Helper()
+	p, err := pool.New(workers, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
