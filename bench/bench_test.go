@@ -369,3 +369,32 @@ func TestSoakCountsEvictionsStillLingering(t *testing.T) {
 		t.Errorf("server slow consumers reported %v, want %d", optInt(res.ServerSlowConsumers), dropped)
 	}
 }
+
+// Every latency a client records is counted once in a merge, whether it
+// is still in the client's batch or already in its histogram, and merging
+// the same clients again (a client counted in several groups) gives the
+// same histogram.
+func TestLatenciesAreAllCounted(t *testing.T) {
+	short, long := &client{}, &client{}
+	for i := range 100 {
+		short.recordLatency(int64(i+1)*1000, 0) // 1..100 µs
+	}
+	for i := range 3*latBatch + 7 {
+		long.recordLatency(int64(1000+i)*1000, 0) // 1,000.. µs
+	}
+	if long.hist == nil || short.hist != nil {
+		t.Fatalf("histograms: long %v, short %v; want only the long run's", long.hist != nil, short.hist != nil)
+	}
+	for range 2 {
+		h := mergeHist([]*client{short, long})
+		if got, want := h.TotalCount(), int64(100+3*latBatch+7); got != want {
+			t.Fatalf("merged %d latencies, want %d", got, want)
+		}
+		if h.Min() != 1 || !h.ValuesAreEquivalent(h.Max(), int64(1000+3*latBatch+6)) {
+			t.Fatalf("merged range %d..%d µs", h.Min(), h.Max())
+		}
+	}
+	if mergeHist([]*client{{}}) != nil {
+		t.Fatal("a client without latencies gave a histogram")
+	}
+}

@@ -2,7 +2,7 @@
 # Reproduces the README's Performance figures on this machine: each
 # scenario gets a freshly built server of its own (so RSS baselines are
 # clean) on a free loopback port, stopped afterwards. Loopback only.
-#   bash bench/perf.sh             # everything (~5 minutes)
+#   bash bench/perf.sh             # everything (~6 minutes)
 #   bash bench/perf.sh idle        # one group: idle | broadcast | storm | rooms | smoke
 #   bash bench/perf.sh -w idle     # and overwrite the tracked bench/results/*.json
 # The harness's JSON goes to a new bench/out/<UTC timestamp>/ (gitignored),
@@ -97,6 +97,10 @@ if [[ $group == all || $group == broadcast ]]; then
     bench broadcast -conns 2000 -senders 20 -rate $r -duration 8s >"$out/broadcast-2000x20x$r.json"
     stop
   done
+  # Issue #11's large room: 9,000 clients, 10 senders at 5 msg/s = 450k deliveries/s offered.
+  serve -presence=false -rate 1000 -burst 1000
+  bench broadcast -conns 9000 -senders 10 -rate 5 -duration 8s >"$out/broadcast-9000x10x5.json"
+  stop
 fi
 if [[ $group == all || $group == storm ]]; then
   serve

@@ -238,18 +238,22 @@ func (r *Result) connectErr() error {
 // the readers exited).
 func mergeLatency(clients []*client) *Latency { return latencyOf(mergeHist(clients)) }
 
-// mergeHist adds up the per-connection histograms of clients; nil if none
-// has one.
+// mergeHist adds up the latencies of clients (their histograms and what
+// they have not added to them yet); nil if none has any. It leaves the
+// clients as they are: a client may be counted in several groups.
 func mergeHist(clients []*client) *hdrhistogram.Histogram {
 	var all *hdrhistogram.Histogram
 	for _, c := range clients {
-		if c.hist == nil {
+		if c.hist == nil && len(c.lats) == 0 {
 			continue
 		}
 		if all == nil {
 			all = hdrhistogram.New(1, histMax, histSigFigs)
 		}
-		all.Merge(c.hist)
+		if c.hist != nil {
+			all.Merge(c.hist)
+		}
+		recordAll(all, c.lats)
 	}
 	return all
 }
