@@ -333,7 +333,9 @@ func (r *rounds) next() {
 // fanoutChunk is the fewest members a round gives a task of its own.
 const fanoutChunk = 256
 
-// fanout is one task of a round: it visits snap[from:to].
+// fanout is one task of a round: it visits snap[from:to]. from moves on
+// as it goes (it may yield between chunks and run again); set by next
+// between rounds.
 type fanout struct {
 	r        *rounds
 	from, to int
