@@ -25,14 +25,7 @@ func (m *slowMember) Deliver(b []byte) (bool, int) {
 func joinSlow(t *testing.T, h *Hub) (*Session, *slowMember) {
 	t.Helper()
 	m := &slowMember{}
-	s := new(Session)
-	s.Init(m, 1)
-	r, err := h.Acquire([]byte("big"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Attach(r, Options{})
-	s.OnMessage([]byte(`{"username":"alice","content":"hello"}`), time.Now().UnixNano())
+	s := enter(t, h, "big", m, 1, `{"username":"alice","content":"hello"}`)
 	waitFor(t, "the join", func() bool { return m.has(`"hello"`) && h.Idle() })
 	return s, m
 }
@@ -95,18 +88,11 @@ func (w *writeLog) firstWrite() string {
 // message the round started with.
 func TestMessageJoinsTheRoundUnderWay(t *testing.T) {
 	h := testHub(t, func(c *Config) { c.Rate, c.Burst = 1e6, 1e6 })
-	r, err := h.Acquire([]byte("wave"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	members := make([]*writeLog, 8)
 	sessions := make([]*Session, len(members))
 	for i := range members {
 		members[i] = &writeLog{}
-		sessions[i] = new(Session)
-		sessions[i].Init(members[i], int32(i+1))
-		sessions[i].Attach(r, Options{})
-		sessions[i].OnMessage(fmt.Appendf(nil, `{"username":"u%d"}`, i), time.Now().UnixNano())
+		sessions[i] = enter(t, h, "wave", members[i], int32(i+1), fmt.Sprintf(`{"username":"u%d"}`, i))
 	}
 	waitFor(t, "the joins", func() bool { return h.Idle() })
 	for _, m := range members {
@@ -155,20 +141,13 @@ func (m *gatedMember) Deliver(b []byte) (bool, int) {
 // has visited them all.
 func TestRoundYieldsToWaitingWork(t *testing.T) {
 	h := testHubOn(t, 1, func(c *Config) { c.Shards = 1; c.Rate, c.Burst = 1e6, 1e6 })
-	r, err := h.Acquire([]byte("crowd"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var delivered atomic.Int32
 	const n = 2 * fanoutChunk
 	members := make([]*gatedMember, n)
 	sessions := make([]*Session, n)
 	for i := range members {
 		members[i] = &gatedMember{count: &delivered, reached: make(chan struct{}), gate: make(chan struct{})}
-		sessions[i] = new(Session)
-		sessions[i].Init(members[i], int32(i+1))
-		sessions[i].Attach(r, Options{})
-		sessions[i].OnMessage(fmt.Appendf(nil, `{"username":"u%d"}`, i), time.Now().UnixNano())
+		sessions[i] = enter(t, h, "crowd", members[i], int32(i+1), fmt.Sprintf(`{"username":"u%d"}`, i))
 	}
 	waitFor(t, "the joins", func() bool { return h.Idle() })
 	delivered.Store(0)

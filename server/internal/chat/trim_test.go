@@ -60,6 +60,21 @@ func testHubOn(t *testing.T, workers int, opts ...func(*Config)) *Hub {
 	return NewHub(cfg, p, m, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
 }
 
+// enter puts a session with transport tr and id in room (acquired for
+// it, as a connection does) and sends its first message, the join.
+func enter(t *testing.T, h *Hub, room string, tr Transport, id int32, join string) *Session {
+	t.Helper()
+	r, err := h.Acquire([]byte(room))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := new(Session)
+	s.Init(tr, id)
+	s.Attach(r, Options{})
+	s.OnMessage([]byte(join), time.Now().UnixNano())
+	return s
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
@@ -74,14 +89,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestTrimDropsIdleRoomBuffers(t *testing.T) {
 	h := testHub(t)
 	rec := &recorder{}
-	var s Session
-	s.Init(rec, 1)
-	r, err := h.Acquire([]byte("small"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.Attach(r, Options{})
-	s.OnMessage([]byte(`{"username":"alice","content":"one"}`), time.Now().UnixNano())
+	s := enter(t, h, "small", rec, 1, `{"username":"alice","content":"one"}`)
+	r := s.room
 	waitFor(t, "the first message delivered", func() bool { return rec.has(`"one"`) && h.Idle() })
 	if r.rounds.bufs == nil {
 		t.Fatal("no buffers after a round (the test proves nothing)")
